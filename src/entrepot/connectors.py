@@ -1,0 +1,630 @@
+"""Reading through upstream registries (and other feeds), with a cache that keeps installs
+working when the upstream is down.
+
+For a name the feed does not hold, connectors are asked in order. An upstream packument is
+cached with its ETag: fresh for the connector's TTL, then served while one background request
+revalidates it (stale-while-revalidate), and served as it is when every upstream fails
+(stale-if-error). Concurrent misses for one name make one upstream request (single flight).
+Tarballs are streamed to the client while being hashed and written, and kept only if they
+match the upstream's ``dist.integrity``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import fnmatch
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from entrepot.errors import BadRequest, NotFound, RegistryError
+from entrepot.lru import SizedLRU
+from entrepot.netguard import check_upstream
+from entrepot.npm import semver
+from entrepot.storage.base import BlobStore, Connector, Feed, MetadataStore, UpstreamDoc
+
+log = logging.getLogger("entrepot.connectors")
+
+#: How long an upstream 404 is believed.
+NOT_FOUND_TTL = 60.0
+#: Largest upstream packument accepted (the biggest public ones are tens of MB).
+MAX_DOC_BYTES = 200 * 1024 * 1024
+FEED_PREFIX = "feed:"
+
+
+#: The request extension that names a request's connector, for the SSRF guard on redirects.
+_CONNECTOR = "entrepot.connector"
+
+
+class UpstreamUnavailable(RegistryError):
+    """Every connector that could answer failed, and nothing is cached."""
+
+    status_code = 502
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    status_code = 504
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """An upstream packument, as a parsed document, and where it came from."""
+
+    doc: dict[str, Any]
+    connector: Connector
+    fetched: float
+    stale: bool
+
+
+@dataclasses.dataclass
+class TarballStream:
+    """An upstream tarball on its way: headers known, body to be streamed once."""
+
+    size: int | None
+    chunks: AsyncIterator[bytes]
+
+
+def name_matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    """Glob match on the full name, or on the scope (``@acme`` matches ``@acme/*``)."""
+    scope = name.split("/", 1)[0] if name.startswith("@") else None
+    return any(
+        fnmatch.fnmatchcase(name, p) or (scope is not None and p in (scope, f"{scope}/*"))
+        for p in patterns
+    )
+
+
+def connector_admits(connector: Connector, name: str) -> bool:
+    if connector.allow and not name_matches(name, connector.allow):
+        return False
+    return not (connector.block and name_matches(name, connector.block))
+
+
+def visible_versions(doc: Mapping[str, Any], min_age_hours: float | None, now: float) -> set[str]:
+    """Versions old enough to be seen (all of them without a minimum age)."""
+    versions = doc.get("versions")
+    if not isinstance(versions, dict):
+        return set()
+    if not min_age_hours:
+        return set(versions)
+    times = doc.get("time") if isinstance(doc.get("time"), dict) else {}
+    assert isinstance(times, dict)
+    cutoff = now - min_age_hours * 3600
+    visible = set()
+    for version in versions:
+        published = _epoch(times.get(version))
+        if published is not None and published <= cutoff:
+            visible.add(version)
+    return visible
+
+
+def _epoch(stamp: object) -> float | None:
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def filtered(doc: dict[str, Any], connector: Connector, now: float) -> dict[str, Any]:
+    """The document with versions younger than the connector's minimum age removed, and
+    ``latest`` moved to the newest visible release when it pointed at a hidden one."""
+    visible = visible_versions(doc, connector.min_age_hours, now)
+    versions = doc.get("versions") or {}
+    if len(visible) == len(versions):
+        return doc
+    out = dict(doc)
+    out["versions"] = {v: m for v, m in versions.items() if v in visible}
+    tags = {t: v for t, v in (doc.get("dist-tags") or {}).items() if v in visible}
+    if "latest" not in tags and visible:
+        valid = [v for v in visible if semver.clean(v) == v]
+        releases = [v for v in valid if "-" not in v]
+        best = semver.max_version(releases or valid)
+        if best:
+            tags["latest"] = best
+    out["dist-tags"] = tags
+    if isinstance(doc.get("time"), dict):
+        out["time"] = {k: t for k, t in doc["time"].items() if k not in versions or k in visible}
+    return out
+
+
+class Upstreams:
+    """The connectors of every feed, their cache, and the one HTTP client they share."""
+
+    def __init__(
+        self,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        *,
+        client: httpx.AsyncClient | None = None,
+        credentials: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        verify: str | bool = True,
+    ) -> None:
+        self.meta = meta
+        self.blobs = blobs
+        self._client = client
+        self._client_options: dict[str, Any] = {"timeout": timeout, "verify": verify}
+        self._credentials = dict(credentials or {})
+        self._inflight: dict[tuple[int, str], asyncio.Task[UpstreamDoc | None]] = {}
+        self._tarballs_inflight: dict[tuple[int, str, str], asyncio.Event] = {}
+        #: Documents being written to the shared cache after their request was answered.
+        self._storing: set[asyncio.Task[None]] = set()
+        #: Upstream documents parsed once, for the reads that follow a fetch (a big
+        #: packument costs milliseconds of the event loop to parse).
+        self._memory: SizedLRU[tuple[int, str], tuple[UpstreamDoc, dict[str, Any]]] = SizedLRU(
+            lambda item: len(item[0].body), max_bytes=32 * 1024 * 1024, max_entries=2000
+        )
+        #: Documents whose last refresh failed: their cached copy is served marked stale.
+        self._failing: set[tuple[int, str]] = set()
+        self._connectors: dict[int, tuple[int, list[Connector]]] = {}
+        self.upstream_requests = 0
+        self._timeout = timeout
+        self._holder = uuid.uuid4().hex
+        #: Ports this server listens on: a loopback upstream on one of them is itself.
+        self.own_ports: set[int] = set()
+        #: Set by the registry: a packument document of another feed on this server.
+        self.feed_document: Callable[[str, str, int], Awaitable[dict[str, Any] | None]] | None = (
+            None
+        )
+        #: Set by the registry: the bytes of a tarball of another feed on this server.
+        self.feed_tarball: Callable[[str, str, str, int], Awaitable[bytes]] | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                trust_env=True,  # HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE
+                follow_redirects=True,
+                # Redirects are followed, so every hop goes through the SSRF guard.
+                event_hooks={"request": [self._guard_hop]},
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                **self._client_options,
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._storing:
+            await asyncio.wait(set(self._storing), timeout=10)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def connectors(self, feed: Feed) -> list[Connector]:
+        seq = await self.meta.seq()
+        cached = self._connectors.get(feed.id)
+        if cached is None or cached[0] != seq:
+            cached = (seq, await self.meta.list_connectors(feed.id))
+            self._connectors[feed.id] = cached
+        return cached[1]
+
+    def _auth_headers(self, connector: Connector) -> dict[str, str]:
+        if not connector.credential_env:
+            return {}
+        secret = self._credentials.get(connector.credential_env)
+        if not secret:
+            log.warning(
+                "connector %s: credential variable %s is not set; asking anonymously",
+                connector.name,
+                connector.credential_env,
+            )
+            return {}
+        if connector.credential_kind == "basic":
+            encoded = base64.b64encode(secret.encode()).decode()
+            return {"Authorization": f"Basic {encoded}"}
+        return {"Authorization": f"Bearer {secret}"}
+
+    async def _guard_hop(self, request: httpx.Request) -> None:
+        connector = request.extensions.get(_CONNECTOR)
+        if isinstance(connector, Connector):
+            self._guard(connector, str(request.url))
+
+    def _guard(self, connector: Connector, url: str) -> None:
+        try:
+            check_upstream(url, own_ports=self.own_ports, allow_internal=connector.allow_internal)
+        except BadRequest as exc:
+            raise UpstreamUnavailable(f"connector {connector.name}: {exc.message}") from None
+
+    # -- packuments -------------------------------------------------------------------------
+
+    async def find(self, feed: Feed, name: str, *, depth: int = 0) -> Found | None:
+        """The first connector's document for ``name``; None if no connector has it.
+
+        Raises :class:`UpstreamUnavailable` when a connector failed and nothing is cached.
+        """
+        failures: list[str] = []
+        timed_out = False
+        now = time.time()
+        for connector in await self.connectors(feed):
+            if not connector_admits(connector, name):
+                continue
+            if connector.url.startswith(FEED_PREFIX):
+                doc = await self._feed_document(connector, name, depth)
+                if doc is not None:
+                    return Found(filtered(doc, connector, now), connector, now, False)
+                continue
+            try:
+                found = await self._from_url(connector, name)
+            except UpstreamUnavailable as exc:
+                failures.append(f"{connector.name}: {exc.message}")
+                timed_out = timed_out or isinstance(exc, UpstreamTimeout)
+                continue
+            if found is not None:
+                return Found(
+                    filtered(found.doc, connector, now), connector, found.fetched, found.stale
+                )
+        if failures:
+            error = UpstreamTimeout if timed_out else UpstreamUnavailable
+            raise error(f"no upstream could answer for {name}: " + "; ".join(failures))
+        return None
+
+    async def _feed_document(
+        self, connector: Connector, name: str, depth: int
+    ) -> dict[str, Any] | None:
+        if self.feed_document is None or depth > 4:
+            return None
+        return await self.feed_document(connector.url.removeprefix(FEED_PREFIX), name, depth + 1)
+
+    async def _from_url(self, connector: Connector, name: str) -> Found | None:
+        key = (connector.id, name)
+        now = time.time()
+        memory = self._memory.get(key)
+        cached = memory[0] if memory else await self.meta.get_upstream_doc(connector.id, name)
+        if cached is not None:
+            ttl = connector.ttl if cached.status == 200 else NOT_FOUND_TTL
+            fresh = now - cached.fetched < ttl
+            if fresh:
+                return self._found(connector, name, cached, stale=False)
+            if cached.status == 200:
+                # Stale while revalidate: answer now, refresh in the background; once a
+                # refresh has failed, the copy is marked stale until one succeeds.
+                self._single_flight(connector, name, cached)
+                return self._found(connector, name, cached, stale=key in self._failing)
+        try:
+            result = await asyncio.shield(self._single_flight(connector, name, cached))
+        except UpstreamUnavailable:
+            if cached is not None and cached.status == 200:
+                return self._found(connector, name, cached, stale=True)
+            raise
+        if result is None:
+            if cached is not None and cached.status == 200:
+                return self._found(connector, name, cached, stale=True)
+            raise UpstreamUnavailable(f"connector {connector.name} failed")
+        return self._found(connector, name, result, stale=False)
+
+    def _found(
+        self, connector: Connector, name: str, doc: UpstreamDoc, *, stale: bool
+    ) -> Found | None:
+        if doc.status != 200:
+            return None
+        key = (connector.id, name)
+        memory = self._memory.get(key)
+        if memory is not None and memory[0] is doc:
+            parsed = memory[1]
+        else:
+            parsed = orjson.loads(doc.body)
+            self._memory.put(key, (doc, parsed))
+        return Found(parsed, connector, doc.fetched, stale)
+
+    def _single_flight(
+        self, connector: Connector, name: str, cached: UpstreamDoc | None
+    ) -> asyncio.Task[UpstreamDoc | None]:
+        key = (connector.id, name)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._fetch(connector, name, cached))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._fetched(key, done))
+        return task
+
+    def _fetched(self, key: tuple[int, str], task: asyncio.Task[UpstreamDoc | None]) -> None:
+        self._inflight.pop(key, None)
+        # Retrieving the exception also keeps a failed background refresh out of the log.
+        if task.cancelled() or task.exception() is not None:
+            self._failing.add(key)
+        else:
+            self._failing.discard(key)
+
+    async def _fetch(
+        self, connector: Connector, name: str, cached: UpstreamDoc | None
+    ) -> UpstreamDoc | None:
+        """One upstream request for the name, coalesced across processes with a lease: the
+        holder fetches, the others wait for its answer to land in the shared cache."""
+        lease = f"doc:{connector.id}:{name}"
+        started = time.time()
+        deadline = time.monotonic() + self._timeout + 5
+        holding = False
+        while True:
+            # Another process may have refreshed it meanwhile.
+            stored = await self.meta.get_upstream_doc(connector.id, name)
+            if stored is not None and (cached is None or stored.fetched > cached.fetched):
+                ttl = connector.ttl if stored.status == 200 else NOT_FOUND_TTL
+                if time.time() - stored.fetched < ttl or stored.fetched >= started:
+                    if holding:
+                        await self.meta.release_lease(lease, self._holder)
+                    self._memory.drop((connector.id, name))
+                    return stored
+                cached = stored
+            if holding:
+                break
+            if await self.meta.acquire_lease(lease, self._holder, self._timeout + 5):
+                # Read once more under the lease: the previous holder may have stored its
+                # answer and let go between the read above and this acquisition.
+                holding = True
+                continue
+            if time.monotonic() > deadline:
+                break  # the holder is stuck; ask ourselves
+            await asyncio.sleep(0.05)
+        try:
+            doc, parsed = await self._request(connector, name, cached)
+        except BaseException:
+            await self.meta.release_lease(lease, self._holder)
+            raise
+        if parsed is None:
+            try:
+                await self.meta.put_upstream_doc(connector.id, name, doc)
+            finally:
+                await self.meta.release_lease(lease, self._holder)
+            self._memory.drop((connector.id, name))
+            return doc
+        # A new document: this process reads it from memory at once, so the request that
+        # asked for it does not wait for the store's write lock; other processes poll
+        # the shared cache, and the lease is held until the document lands there.
+        self._memory.put((connector.id, name), (doc, parsed))
+        task = asyncio.create_task(self._store_doc(connector, name, doc, lease))
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+        return doc
+
+    async def _store_doc(
+        self, connector: Connector, name: str, doc: UpstreamDoc, lease: str
+    ) -> None:
+        try:
+            await self.meta.put_upstream_doc(connector.id, name, doc)
+        except Exception as exc:  # kept in memory only; the next process asks again
+            log.warning("connector %s: could not cache %s: %s", connector.name, name[:214], exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.meta.release_lease(lease, self._holder)
+
+    async def _request(
+        self, connector: Connector, name: str, cached: UpstreamDoc | None
+    ) -> tuple[UpstreamDoc, dict[str, Any] | None]:
+        """The upstream's answer, and the parsed document when it sent a new one."""
+        url = f"{connector.url.rstrip('/')}/{quote(name, safe='@')}"
+        self._guard(connector, url)
+        headers = {"Accept": "application/json", **self._auth_headers(connector)}
+        if cached is not None and cached.status == 200 and cached.etag:
+            headers["If-None-Match"] = cached.etag
+        self.upstream_requests += 1
+        parsed: dict[str, Any] | None = None
+        try:
+            hop = {_CONNECTOR: connector}
+            async with self.client.stream("GET", url, headers=headers, extensions=hop) as response:
+                if response.status_code == 304 and cached is not None:
+                    doc = dataclasses.replace(cached, fetched=time.time())
+                elif response.status_code == 404:
+                    doc = UpstreamDoc(404, None, time.time(), b"")
+                elif response.status_code == 200:
+                    body = await _read_limited(response, MAX_DOC_BYTES)
+                    parsed = _check_document(body, name)
+                    doc = UpstreamDoc(200, response.headers.get("etag"), time.time(), body)
+                elif response.status_code in (401, 403):
+                    raise UpstreamUnavailable(
+                        f"connector {connector.name} refused our credentials "
+                        f"(HTTP {response.status_code})"
+                    )
+                else:
+                    raise UpstreamUnavailable(
+                        f"connector {connector.name} answered HTTP {response.status_code}"
+                    )
+        except httpx.TimeoutException:
+            raise UpstreamTimeout(f"connector {connector.name} timed out") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(
+                f"connector {connector.name} is unreachable ({type(exc).__name__})"
+            ) from None
+        return doc, parsed
+
+    # -- tarballs ---------------------------------------------------------------------------
+
+    async def tarball(
+        self, found: Found, name: str, version: str, *, depth: int = 0
+    ) -> Path | bytes | TarballStream:
+        """A tarball of an upstream version: a cached blob (path or bytes) or a stream that
+        stores it on the way."""
+        connector = found.connector
+        manifest = (found.doc.get("versions") or {}).get(version)
+        if not isinstance(manifest, dict):
+            raise NotFound(f"{name}@{version} not found upstream")
+        if connector.url.startswith(FEED_PREFIX):
+            if self.feed_tarball is None:
+                raise NotFound(f"{name}@{version} not found")
+            filename = f"{name.rpartition('/')[2]}-{version}.tgz"
+            feed = connector.url.removeprefix(FEED_PREFIX)
+            return await self.feed_tarball(feed, name, filename, depth + 1)
+        key = (connector.id, name, version)
+        waiting = self._tarballs_inflight.get(key)
+        if waiting is not None:
+            await waiting.wait()
+        cached = await self.meta.get_upstream_tarball(connector.id, name, version)
+        if cached is not None and await self.blobs.exists(cached[0]):
+            path = self.blobs.local_path(cached[0])
+            return path if path is not None else await self.blobs.get(cached[0])
+        dist = manifest.get("dist") if isinstance(manifest.get("dist"), dict) else {}
+        assert isinstance(dist, dict)
+        url = dist.get("tarball")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise NotFound(f"{name}@{version} has no tarball URL upstream")
+        return await self._stream(connector, name, version, url, dist)
+
+    async def _stream(
+        self, connector: Connector, name: str, version: str, url: str, dist: Mapping[str, Any]
+    ) -> TarballStream:
+        self._guard(connector, url)
+        key = (connector.id, name, version)
+        done = asyncio.Event()
+        self._tarballs_inflight[key] = done
+        request = self.client.build_request(
+            "GET", url, headers=self._auth_headers(connector), extensions={_CONNECTOR: connector}
+        )
+        self.upstream_requests += 1
+        try:
+            response = await self.client.send(request, stream=True)
+        except UpstreamUnavailable:  # a redirect the SSRF guard refused
+            self._finish(key, done)
+            raise
+        except httpx.TimeoutException:
+            self._finish(key, done)
+            raise UpstreamTimeout(f"connector {connector.name} timed out") from None
+        except httpx.HTTPError as exc:
+            self._finish(key, done)
+            raise UpstreamUnavailable(
+                f"connector {connector.name} is unreachable ({type(exc).__name__})"
+            ) from None
+        if response.status_code != 200:
+            await response.aclose()
+            self._finish(key, done)
+            if response.status_code == 404:
+                raise NotFound(f"{name}@{version}: the upstream has no tarball")
+            raise UpstreamUnavailable(
+                f"connector {connector.name} answered HTTP {response.status_code} for a tarball"
+            )
+        length = response.headers.get("content-length")
+        size = (
+            int(length)
+            if length
+            and length.isascii()
+            and length.isdigit()
+            and not response.headers.get("content-encoding")
+            else None
+        )
+        return TarballStream(size, self._relay(connector, name, version, dist, response, key, done))
+
+    def _finish(self, key: tuple[int, str, str], done: asyncio.Event) -> None:
+        self._tarballs_inflight.pop(key, None)
+        done.set()
+
+    async def _relay(
+        self,
+        connector: Connector,
+        name: str,
+        version: str,
+        dist: Mapping[str, Any],
+        response: httpx.Response,
+        key: tuple[int, str, str],
+        done: asyncio.Event,
+    ) -> AsyncIterator[bytes]:
+        fd, tmp = tempfile.mkstemp(prefix="entrepot-upstream-")
+        path = Path(tmp)
+        sha512 = hashlib.sha512()
+        sha1 = hashlib.sha1(usedforsecurity=False)
+        # The last chunk is held back until the hash is checked: a corrupt tarball then never
+        # reaches the client complete (its Content-Length is not met, or chunking not ended).
+        held = b""
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in response.aiter_bytes():
+                    out.write(chunk)
+                    sha512.update(chunk)
+                    sha1.update(chunk)
+                    if held:
+                        yield held
+                    held = chunk
+            integrity = "sha512-" + base64.b64encode(sha512.digest()).decode()
+            if not _integrity_matches(dist, integrity, sha1.hexdigest()):
+                log.error(
+                    "connector %s: %s@%s does not match its dist.integrity; not kept",
+                    connector.name,
+                    name,
+                    version,
+                )
+                raise UpstreamUnavailable(
+                    f"the tarball of {name}@{version} from {connector.name} is corrupt"
+                )
+            # Checked: the client may have its last bytes now, before the copy is stored
+            # (storing waits for the disk and for the store's write lock).
+            if held:
+                yield held
+            data = path.read_bytes()
+            key_hex = sha512.hexdigest()
+            await self.blobs.put(key_hex, data)
+            await self.meta.put_upstream_tarball(connector.id, name, version, key_hex, len(data))
+        finally:
+            await response.aclose()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self._finish(key, done)
+
+    # -- audit --------------------------------------------------------------------------------
+
+    async def forward(self, feed: Feed, path: str, body: Mapping[str, Any]) -> Any | None:
+        """POST an audit body to the first URL connector that answers 200; None if none."""
+        for connector in await self.connectors(feed):
+            if connector.url.startswith(FEED_PREFIX):
+                continue
+            url = f"{connector.url.rstrip('/')}/{path}"
+            headers = {"Content-Type": "application/json", **self._auth_headers(connector)}
+            try:
+                self._guard(connector, url)
+                response = await self.client.post(
+                    url,
+                    content=orjson.dumps(body),
+                    headers=headers,
+                    extensions={_CONNECTOR: connector},
+                )
+            except (httpx.HTTPError, UpstreamUnavailable):
+                continue
+            if response.status_code == 200:
+                try:
+                    return orjson.loads(response.content)
+                except orjson.JSONDecodeError:
+                    continue
+        return None
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamUnavailable(f"the upstream document is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_document(body: bytes, name: str) -> dict[str, Any]:
+    """The parsed upstream document, if it is a packument."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamUnavailable(f"the upstream sent invalid JSON for {name}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("versions", {}), dict):
+        raise UpstreamUnavailable(f"the upstream sent something that is not a packument for {name}")
+    return doc
+
+
+def _integrity_matches(dist: Mapping[str, Any], integrity: str, shasum: str) -> bool:
+    sent = dist.get("integrity")
+    if isinstance(sent, str):
+        sha512s = [p for p in sent.split() if p.startswith("sha512-")]
+        if sha512s:
+            return integrity in sha512s
+    sent_sha1 = dist.get("shasum")
+    if isinstance(sent_sha1, str):
+        return sent_sha1.lower() == shasum
+    return True
