@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import getpass
@@ -17,7 +18,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from entrepot import __version__
 from entrepot.admin import Admin
@@ -222,6 +223,28 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     return load_settings(getattr(args, "config", None), environ, overrides)
+
+
+def run() -> NoReturn:
+    """The ``entrepot`` command: :func:`main`, then exit without interpreter finalization.
+
+    The S3 store's client (obstore) runs requests on Rust threads that take the GIL once
+    more after a request has completed. If that lands while the interpreter finalizes,
+    CPython ends the thread with ``pthread_exit`` and the Rust frames abort the process
+    (SIGABRT after the command printed its result; about one exit in five on a loaded
+    machine). Every store is closed by then, so flushing and leaving is safe.
+    """
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's --help and usage errors
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
