@@ -70,6 +70,16 @@ class Found:
     stale: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredTarball:
+    """An upstream tarball already in the blob store (checked against its integrity when it
+    was fetched): its key, its size and, on a file store, its path."""
+
+    blob_key: str
+    size: int
+    path: Path | None
+
+
 @dataclasses.dataclass
 class TarballStream:
     """An upstream tarball on its way: headers known, body to be streamed once."""
@@ -271,6 +281,31 @@ class Upstreams:
             raise error(f"no upstream could answer for {name}: " + "; ".join(failures))
         return None
 
+    async def fresh_copy(self, feed: Feed, name: str) -> tuple[Connector, float] | None:
+        """The connector and fetch time of the copy :meth:`find` would answer with, when
+        that copy is fresh and can be known without reading it (no feed connector, no
+        minimum age on the way); None otherwise: ask :meth:`find`."""
+        now = time.time()
+        for connector in await self.connectors(feed):
+            if not connector_admits(connector, name):
+                continue
+            if connector.url.startswith(FEED_PREFIX) or connector.min_age_hours:
+                return None
+            memory = self._memory.get((connector.id, name))
+            if memory is not None:
+                state: tuple[int, float] | None = (memory[0].status, memory[0].fetched)
+            else:
+                state = await self.meta.upstream_doc_state(connector.id, name)
+            if state is None:
+                return None
+            status, fetched = state
+            if now - fetched >= (connector.ttl if status == 200 else NOT_FOUND_TTL):
+                return None
+            if status == 200:
+                return (connector, fetched)
+            # A fresh 404 from this connector: find goes on to the next one.
+        return None
+
     async def _feed_document(
         self, connector: Connector, name: str, depth: int
     ) -> dict[str, Any] | None:
@@ -443,9 +478,9 @@ class Upstreams:
 
     async def tarball(
         self, found: Found, name: str, version: str, *, depth: int = 0
-    ) -> Path | bytes | TarballStream:
-        """A tarball of an upstream version: a cached blob (path or bytes) or a stream that
-        stores it on the way."""
+    ) -> StoredTarball | bytes | TarballStream:
+        """A tarball of an upstream version: a stored blob, the bytes from another feed, or
+        a stream that stores it on the way."""
         connector = found.connector
         manifest = (found.doc.get("versions") or {}).get(version)
         if not isinstance(manifest, dict):
@@ -462,8 +497,7 @@ class Upstreams:
             await waiting.wait()
         cached = await self.meta.get_upstream_tarball(connector.id, name, version)
         if cached is not None and await self.blobs.exists(cached[0]):
-            path = self.blobs.local_path(cached[0])
-            return path if path is not None else await self.blobs.get(cached[0])
+            return StoredTarball(cached[0], cached[1], self.blobs.local_path(cached[0]))
         dist = manifest.get("dist") if isinstance(manifest.get("dist"), dict) else {}
         assert isinstance(dist, dict)
         url = dist.get("tarball")

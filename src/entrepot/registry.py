@@ -22,7 +22,7 @@ import orjson
 
 from entrepot.auth import Principal
 from entrepot.clock import http_date, now_iso
-from entrepot.connectors import Found, TarballStream, Upstreams, name_matches
+from entrepot.connectors import Found, StoredTarball, TarballStream, Upstreams, name_matches
 from entrepot.errors import (
     BadRequest,
     Conflict,
@@ -115,6 +115,9 @@ class TarballRef:
     path: Path | None
     data: bytes | None = None
     stream: TarballStream | None = None
+    #: For a tarball kept from a connector: a monotonic deadline after which the
+    #: connectors are asked again whether it may be served. None: until the next write.
+    fresh_until: float | None = None
 
 
 def clean_version(text: object) -> str:
@@ -201,6 +204,11 @@ class Registry:
         self._roles: dict[tuple[int, int], int] = {}
         #: Local tarballs found, good while nothing was written anywhere since.
         self._tarball_refs: dict[tuple[int, str, str], tuple[int, TarballRef]] = {}
+        # Tarballs kept from connectors, by the same key: (change counter, where, the
+        # upstream copy that offered it); bounded by count (each entry weighs 1).
+        self._upstream_tarballs: SizedLRU[
+            tuple[int, str, str], tuple[int, TarballRef, tuple[Connector, float] | None]
+        ] = SizedLRU(lambda _: 1, max_bytes=50_000)
         self._roles_seq = -1
 
     def counters(self) -> dict[str, float]:
@@ -294,8 +302,16 @@ class Registry:
                 # A local package of that name, published since, takes over at once.
                 if entry.checked_seq != seq and await self.meta.package_seq(feed.id, name) is None:
                     entry.checked_seq = seq
-                if entry.checked_seq == seq and time.monotonic() < entry.fresh_until:
-                    return entry
+                if entry.checked_seq == seq:
+                    if time.monotonic() < entry.fresh_until:
+                        return entry
+                    if entry.source is not None and entry.source == await self._fresh_source(
+                        feed, name
+                    ):
+                        # Made from the copy the connectors would answer with: keep the
+                        # bytes, without reading or parsing that copy again.
+                        entry.fresh_until = time.monotonic() + min(entry.source[0].ttl, 60)
+                        return entry
             elif entry.checked_seq == seq:
                 return entry
             elif await self.meta.package_seq(feed.id, name) == entry.package_seq:
@@ -346,6 +362,13 @@ class Registry:
         self._packuments.put(key, entry)
         return entry
 
+    async def _fresh_source(self, feed: Feed, name: str) -> tuple[Connector, float] | None:
+        """The source (see :func:`_source`) :meth:`_upstream` would answer from, when it is
+        fresh and known without reading the document; None: ask :meth:`_upstream`."""
+        if self.upstreams is None or not await self._reads_upstream(feed, name):
+            return None
+        return await self.upstreams.fresh_copy(feed, name)
+
     async def _merges_upstream(self, feed: Feed, name: str) -> bool:
         """Whether the feed lets this local name show upstream versions too."""
         _, _, patterns = await self._local_scopes(feed)
@@ -365,14 +388,15 @@ class Registry:
 
     async def _upstream(self, feed: Feed, name: str, depth: int = 0) -> Found | None:
         """The connectors' document, unless the name is guarded as local."""
-        if self.upstreams is None:
-            return None
-        _, scopes, patterns = await self._local_scopes(feed)
-        scope = name.split("/", 1)[0] if name.startswith("@") else None
-        if scope in scopes and not name_matches(name, patterns):
-            # Dependency-confusion guard: a scope with local packages stays local.
+        if self.upstreams is None or not await self._reads_upstream(feed, name):
             return None
         return await self.upstreams.find(feed, name, depth=depth)
+
+    async def _reads_upstream(self, feed: Feed, name: str) -> bool:
+        _, scopes, patterns = await self._local_scopes(feed)
+        scope = name.split("/", 1)[0] if name.startswith("@") else None
+        # Dependency-confusion guard: a scope with local packages stays local.
+        return scope not in scopes or name_matches(name, patterns)
 
     @staticmethod
     def _present(
@@ -445,6 +469,20 @@ class Registry:
         known = self._tarball_refs.get(key)
         if known is not None and known[0] == seq:
             return known[1]
+        remembered = self._upstream_tarballs.get(key)
+        if remembered is not None:
+            kept_seq, ref, source = remembered
+            if kept_seq == seq:
+                if time.monotonic() < (ref.fresh_until or 0):
+                    return ref
+                if source is not None and source == await self._fresh_source(feed, name):
+                    # The same upstream copy still offers it (see packument()).
+                    ref = dataclasses.replace(
+                        ref, fresh_until=time.monotonic() + min(source[0].ttl, 60)
+                    )
+                    self._upstream_tarballs.put(key, (seq, ref, source))
+                    return ref
+            self._upstream_tarballs.drop(key)
         version = semver.clean(filename[len(prefix) : -len(".tgz")])
         found = await self.meta.find_version(feed.id, name, version) if version else None
         if found is not None:
@@ -464,8 +502,16 @@ class Registry:
         if upstream is None or version not in (upstream.doc.get("versions") or {}):
             raise missing
         result = await self.upstreams.tarball(upstream, name, version, depth=depth)
-        if isinstance(result, Path):
-            return TarballRef("", result.stat().st_size, result)
+        if isinstance(result, StoredTarball):
+            # Served again without asking the connectors while the upstream copy is fresh
+            # (as its packument is) and nothing was written: a write may add a local
+            # version, change a connector or its filters.
+            ttl = 5 if upstream.stale else min(upstream.connector.ttl, 60)
+            ref = TarballRef(
+                result.blob_key, result.size, result.path, fresh_until=time.monotonic() + ttl
+            )
+            self._upstream_tarballs.put(key, (seq, ref, _source(upstream)))
+            return ref
         if isinstance(result, bytes):
             return TarballRef("", len(result), None, data=result)
         return TarballRef("", result.size or 0, None, stream=result)

@@ -323,6 +323,47 @@ def test_a_version_the_upstream_does_not_have_is_404_without_a_tarball_request(
     assert upstream.first.tarball_requests("few") == []
 
 
+def test_a_kept_tarball_is_served_again_until_its_upstream_copy_drops_the_version(
+    api: Api, upstream: Upstream, clock: Clock
+) -> None:
+    connect(api, FIRST_URL, ttl=300)
+    packages = upstream.first.packages
+    packages.add("kept", "1.0.0")
+    data = packages.tarball_of("kept", "1.0.0")
+    path = tarball_path("kept", "1.0.0")
+    assert api.get(path).content == data  # fetched, checked and stored
+    for _ in range(3):
+        again = api.get(path)
+        assert again.status_code == 200 and again.content == data
+    assert len(upstream.first.tarball_requests("kept")) == 1
+
+    # The upstream withdraws 1.0.0. Within the TTL the copy it came from is still current.
+    packages.remove("kept")
+    packages.add("kept", "1.1.0")
+    clock.advance(30)
+    assert api.get(path).content == data
+    # Past the TTL the packument is revalidated; 1.0.0 is no longer offered by anyone.
+    clock.advance(300)
+    get(api, "kept")
+    settle(api)
+    clock.advance(61)
+    assert set(doc_of(api, "kept")["versions"]) == {"1.1.0"}
+    assert_error(api.get(path), 404, "kept-1.0.0.tgz")
+    assert len(upstream.first.tarball_requests("kept")) == 1
+
+
+def test_a_kept_tarball_is_refused_at_once_when_its_connector_is_removed(
+    api: Api, upstream: Upstream
+) -> None:
+    connector = connect(api, FIRST_URL)
+    upstream.first.packages.add("gone-with-it", "1.0.0")
+    path = tarball_path("gone-with-it", "1.0.0")
+    assert api.get(path).status_code == 200
+    assert api.get(path).status_code == 200
+    api.run(Admin(api.app.meta).remove_connector("main", connector.name))
+    assert_error(api.get(path), 404, "gone-with-it-1.0.0.tgz")
+
+
 # -- freshness, revalidation, single flight ----------------------------------------------------
 
 
@@ -363,6 +404,37 @@ def test_fresh_for_the_ttl_then_revalidated_in_the_background_with_the_etag(
     clock.advance(61)
     assert set(doc_of(api, "ttl-pkg")["versions"]) == {"1.0.0", "1.1.0"}
     assert len(upstream.first.packument_requests("ttl-pkg")) == 3
+
+
+def test_a_render_of_a_still_fresh_copy_outlives_the_render_cache_without_rereading_it(
+    api: Api, upstream: Upstream, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect(api, FIRST_URL, ttl=300)
+    upstream.first.packages.add("big-doc", "1.0.0")
+    path = tarball_path("big-doc", "1.0.0")
+    first = get(api, "big-doc")
+    assert api.get(path).status_code == 200  # fetched and stored
+    assert api.get(path).status_code == 200  # from the store
+    reads: list[str] = []
+    store = api.app.meta
+    real = store.get_upstream_doc
+
+    async def counted(connector_id: int, name: str) -> object:
+        reads.append(name)
+        return await real(connector_id, name)
+
+    monkeypatch.setattr(store, "get_upstream_doc", counted)
+    upstreams = api.app.upstreams
+    assert upstreams is not None
+    # As if other documents had pushed this one out of the parsed-document memory.
+    upstreams._memory = type(upstreams._memory)(lambda item: 1, max_bytes=1_000)
+    clock.advance(61)  # past the render cache (60 s), within the TTL
+    again = get(api, "big-doc")
+    assert again.status_code == 200 and again.content == first.content
+    assert reads == []
+    assert api.get(path).status_code == 200
+    assert reads == []  # the copy's state was enough: it was neither read nor parsed
+    assert len(upstream.first.packument_requests("big-doc")) == 1
 
 
 def test_a_304_answer_keeps_the_cached_copy(api: Api, upstream: Upstream, clock: Clock) -> None:

@@ -608,17 +608,21 @@ def test_upstream_cache_is_kept_per_connector_without_seq_bumps(
         public_npm = await add_connector(store, feed.id, "public")
         mirror = await add_connector(store, feed.id, "mirror")
         assert await store.get_upstream_doc(public_npm.id, "lodash") is None
+        assert await store.upstream_doc_state(public_npm.id, "lodash") is None
         assert await store.get_upstream_tarball(public_npm.id, "lodash", "4.0.0") is None
         seq = await store.seq()
         doc = UpstreamDoc(200, '"etag-1"', 1700000000.25, b'{"name":"lodash"}')
         await store.put_upstream_doc(public_npm.id, "lodash", doc)
         assert await store.get_upstream_doc(public_npm.id, "lodash") == doc
+        assert await store.upstream_doc_state(public_npm.id, "lodash") == (200, 1700000000.25)
+        assert await store.upstream_doc_state(mirror.id, "lodash") is None
         assert await store.get_upstream_doc(mirror.id, "lodash") is None
         assert await store.get_upstream_doc(public_npm.id, "lodash-es") is None
         # Overwrite: a 404 with no etag and no body.
         gone = UpstreamDoc(404, None, 1700000100.5, b"")
         await store.put_upstream_doc(public_npm.id, "lodash", gone)
         assert await store.get_upstream_doc(public_npm.id, "lodash") == gone
+        assert await store.upstream_doc_state(public_npm.id, "lodash") == (404, 1700000100.5)
         binary = UpstreamDoc(200, None, 1.0, bytes(range(256)) * 4)
         await store.put_upstream_doc(mirror.id, "lodash", binary)
         assert await store.get_upstream_doc(mirror.id, "lodash") == binary
@@ -636,6 +640,7 @@ def test_upstream_cache_is_kept_per_connector_without_seq_bumps(
         # Removing a connector drops its cache (and only its cache).
         await store.remove_connector(feed.id, "public")
         assert await store.get_upstream_doc(public_npm.id, "lodash") is None
+        assert await store.upstream_doc_state(public_npm.id, "lodash") is None
         assert await store.get_upstream_tarball(public_npm.id, "lodash", "4.0.0") is None
         assert await store.get_upstream_doc(mirror.id, "lodash") == binary
         assert await store.referenced_blobs() == {key_1}

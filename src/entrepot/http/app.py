@@ -478,7 +478,9 @@ class EntrepotApp:
             self._small_blobs.put(ref.blob_key, data)
         headers["Content-Type"] = "application/octet-stream"
         headers["Content-Length"] = str(len(data))
-        _memo_until(request.scope, None)  # a version's bytes change only by a write
+        # A local version's bytes change only by a write; a connector's may be refused
+        # once its upstream copy is revalidated.
+        _memo_until(request.scope, ref.fresh_until)
         return PrebuiltResponse(
             data, [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
         )

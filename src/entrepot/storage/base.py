@@ -476,6 +476,10 @@ class MetadataStore(Protocol):
         """The cached upstream answer for a name, or None."""
         ...
 
+    async def upstream_doc_state(self, connector_id: int, name: str) -> tuple[int, float] | None:
+        """The cached answer's status and fetch time, without its body; None if none."""
+        ...
+
     async def put_upstream_doc(self, connector_id: int, name: str, doc: UpstreamDoc) -> None:
         """Cache an upstream answer (no ``seq`` bump: a cache, not a change)."""
         ...

@@ -1421,6 +1421,13 @@ class PostgresMetadataStore:
         )
         return UpstreamDoc(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
 
+    async def upstream_doc_state(self, connector_id: int, name: str) -> tuple[int, float] | None:
+        rows = await self._read(
+            "SELECT status, fetched FROM upstream_docs WHERE connector_id = %s AND name = %s",
+            (connector_id, name),
+        )
+        return (int(rows[0][0]), float(rows[0][1])) if rows else None
+
     async def put_upstream_doc(self, connector_id: int, name: str, doc: UpstreamDoc) -> None:
         async def work(conn: Conn) -> None:
             await conn.execute(

@@ -1429,6 +1429,13 @@ class SQLiteMetadataStore:
         )
         return UpstreamDoc(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
 
+    async def upstream_doc_state(self, connector_id: int, name: str) -> tuple[int, float] | None:
+        rows = self._read(
+            "SELECT status, fetched FROM upstream_docs WHERE connector_id = ? AND name = ?",
+            (connector_id, name),
+        )
+        return (int(rows[0][0]), float(rows[0][1])) if rows else None
+
     async def put_upstream_doc(self, connector_id: int, name: str, doc: UpstreamDoc) -> None:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
