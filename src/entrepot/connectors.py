@@ -491,19 +491,28 @@ class Upstreams:
             filename = f"{name.rpartition('/')[2]}-{version}.tgz"
             feed = connector.url.removeprefix(FEED_PREFIX)
             return await self.feed_tarball(feed, name, filename, depth + 1)
-        key = (connector.id, name, version)
-        waiting = self._tarballs_inflight.get(key)
-        if waiting is not None:
-            await waiting.wait()
-        cached = await self.meta.get_upstream_tarball(connector.id, name, version)
-        if cached is not None and await self.blobs.exists(cached[0]):
-            return StoredTarball(cached[0], cached[1], self.blobs.local_path(cached[0]))
+        stored = await self.stored_tarball(connector, name, version)
+        if stored is not None:
+            return stored
         dist = manifest.get("dist") if isinstance(manifest.get("dist"), dict) else {}
         assert isinstance(dist, dict)
         url = dist.get("tarball")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise NotFound(f"{name}@{version} has no tarball URL upstream")
         return await self._stream(connector, name, version, url, dist)
+
+    async def stored_tarball(
+        self, connector: Connector, name: str, version: str
+    ) -> StoredTarball | None:
+        """The connector's tarball of a version if it is in the blob store (after any fetch
+        of it in progress here); None if it has to be fetched."""
+        waiting = self._tarballs_inflight.get((connector.id, name, version))
+        if waiting is not None:
+            await waiting.wait()
+        cached = await self.meta.get_upstream_tarball(connector.id, name, version)
+        if cached is not None and await self.blobs.exists(cached[0]):
+            return StoredTarball(cached[0], cached[1], self.blobs.local_path(cached[0]))
+        return None
 
     async def _stream(
         self, connector: Connector, name: str, version: str, url: str, dist: Mapping[str, Any]

@@ -204,6 +204,10 @@ class Registry:
         self._roles: dict[tuple[int, int], int] = {}
         #: Local tarballs found, good while nothing was written anywhere since.
         self._tarball_refs: dict[tuple[int, str, str], tuple[int, TarballRef]] = {}
+        # The versions each upstream copy offered when its packument was last rendered,
+        # by (feed id, name), bounded by the number of versions kept.
+        self._offered: SizedLRU[tuple[int, str], tuple[tuple[Connector, float], frozenset[str]]]
+        self._offered = SizedLRU(lambda item: len(item[1]) + 1, max_bytes=1_000_000)
         # Tarballs kept from connectors, by the same key: (change counter, where, the
         # upstream copy that offered it); bounded by count (each entry weighs 1).
         self._upstream_tarballs: SizedLRU[
@@ -354,6 +358,8 @@ class Registry:
             modified = str((found_doc.get("time") or {}).get("modified") or "")
             entry = _render(doc, modified, -1, seq)
             entry.source = source
+            if found is not None and source is not None:
+                self._offered.put((feed.id, name), (source, frozenset(found.doc["versions"])))
             ttl = found.connector.ttl if found is not None else 0
             entry.fresh_until = time.monotonic() + min(ttl, 60)
             if found is not None and found.stale:
@@ -498,23 +504,44 @@ class Registry:
             await self._merges_upstream(feed, name)
         ):
             raise missing
+        offered = self._offered.get((feed.id, name))
+        if offered is not None and version in offered[1]:
+            # The packument rendered from this copy listed it (npm asks for the packument
+            # first): if the copy is still the fresh one, it need not be read again.
+            source = await self._fresh_source(feed, name)
+            if source is not None and source == offered[0]:
+                stored = await self.upstreams.stored_tarball(source[0], name, version)
+                if stored is not None:
+                    seconds = min(source[0].ttl, 60)
+                    return self._keep_upstream_tarball(key, seq, stored, source, seconds)
         upstream = await self._upstream(feed, name, depth)
         if upstream is None or version not in (upstream.doc.get("versions") or {}):
             raise missing
         result = await self.upstreams.tarball(upstream, name, version, depth=depth)
         if isinstance(result, StoredTarball):
-            # Served again without asking the connectors while the upstream copy is fresh
-            # (as its packument is) and nothing was written: a write may add a local
-            # version, change a connector or its filters.
-            ttl = 5 if upstream.stale else min(upstream.connector.ttl, 60)
-            ref = TarballRef(
-                result.blob_key, result.size, result.path, fresh_until=time.monotonic() + ttl
-            )
-            self._upstream_tarballs.put(key, (seq, ref, _source(upstream)))
-            return ref
+            # Until the upstream copy needs revalidating, as its packument does.
+            seconds = 5 if upstream.stale else min(upstream.connector.ttl, 60)
+            return self._keep_upstream_tarball(key, seq, result, _source(upstream), seconds)
         if isinstance(result, bytes):
             return TarballRef("", len(result), None, data=result)
         return TarballRef("", result.size or 0, None, stream=result)
+
+    def _keep_upstream_tarball(
+        self,
+        key: tuple[int, str, str],
+        seq: int,
+        stored: StoredTarball,
+        source: tuple[Connector, float] | None,
+        seconds: float,
+    ) -> TarballRef:
+        """Serve a connector's stored tarball again without asking the connectors for
+        ``seconds`` while nothing is written: a write may add a local version, change a
+        connector or its filters."""
+        ref = TarballRef(
+            stored.blob_key, stored.size, stored.path, fresh_until=time.monotonic() + seconds
+        )
+        self._upstream_tarballs.put(key, (seq, ref, source))
+        return ref
 
     async def audit(self, feed: Feed, kind: str, body: dict[str, Any]) -> Any | None:
         """Forward an audit to the first connector that answers, without any package that

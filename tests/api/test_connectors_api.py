@@ -437,6 +437,35 @@ def test_a_render_of_a_still_fresh_copy_outlives_the_render_cache_without_reread
     assert len(upstream.first.packument_requests("big-doc")) == 1
 
 
+def test_a_stored_tarball_of_a_version_the_packument_offered_needs_no_document_read(
+    api: Api, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect(api, FIRST_URL, ttl=300)
+    upstream.first.packages.add("offered", "1.0.0")
+    upstream.first.packages.add("offered", "1.1.0")
+    get(api, "offered")  # npm asks for the packument first
+    for version in ("1.0.0", "1.1.0"):
+        assert api.get(tarball_path("offered", version)).status_code == 200  # fetched
+    reads: list[str] = []
+    store = api.app.meta
+    real = store.get_upstream_doc
+
+    async def counted(connector_id: int, name: str) -> object:
+        reads.append(name)
+        return await real(connector_id, name)
+
+    monkeypatch.setattr(store, "get_upstream_doc", counted)
+    upstreams = api.app.upstreams
+    assert upstreams is not None
+    upstreams._memory = type(upstreams._memory)(lambda item: 1, max_bytes=1_000)
+    for version in ("1.0.0", "1.1.0"):
+        again = api.get(tarball_path("offered", version))
+        assert again.content == upstream.first.packages.tarball_of("offered", version)
+    assert reads == []
+    assert_error(api.get(tarball_path("offered", "1.2.0")), 404, "offered-1.2.0.tgz")
+    assert len(upstream.first.tarball_requests("offered")) == 2
+
+
 def test_a_304_answer_keeps_the_cached_copy(api: Api, upstream: Upstream, clock: Clock) -> None:
     connect(api, FIRST_URL, ttl=100)
     upstream.first.packages.add("nm-pkg", "1.0.0")
