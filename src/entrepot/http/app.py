@@ -87,9 +87,11 @@ class EntrepotApp:
         self._small_blobs: SizedLRU[str, bytes] = SizedLRU(
             len, max_bytes=64 * 1024 * 1024, max_item=256 * 1024
         )
-        #: Finished answers to repeated GETs (see :class:`Memo`).
+        #: Finished answers to repeated GETs (see :class:`Memo`). Their bodies are mostly
+        #: the packument cache's and the tarball cache's own bytes, shared, but an entry
+        #: keeps its body alive after those caches let it go.
         self._memo: SizedLRU[tuple[Any, ...], Memo] = SizedLRU(
-            lambda memo: len(memo.body), max_bytes=128 * 1024 * 1024, max_entries=20_000
+            lambda memo: len(memo.body), max_bytes=64 * 1024 * 1024, max_entries=20_000
         )
         self.registry = Registry(
             meta, blobs, max_unpacked=settings.max_unpacked_bytes, upstreams=upstreams
