@@ -406,15 +406,9 @@ def test_fresh_for_the_ttl_then_revalidated_in_the_background_with_the_etag(
     assert len(upstream.first.packument_requests("ttl-pkg")) == 3
 
 
-def test_a_render_of_a_still_fresh_copy_outlives_the_render_cache_without_rereading_it(
-    api: Api, upstream: Upstream, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    connect(api, FIRST_URL, ttl=300)
-    upstream.first.packages.add("big-doc", "1.0.0")
-    path = tarball_path("big-doc", "1.0.0")
-    first = get(api, "big-doc")
-    assert api.get(path).status_code == 200  # fetched and stored
-    assert api.get(path).status_code == 200  # from the store
+def document_reads(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the names whose upstream document is read from the store; the parsed
+    documents in memory are forgotten, as if other documents had pushed them out."""
     reads: list[str] = []
     store = api.app.meta
     real = store.get_upstream_doc
@@ -426,8 +420,20 @@ def test_a_render_of_a_still_fresh_copy_outlives_the_render_cache_without_reread
     monkeypatch.setattr(store, "get_upstream_doc", counted)
     upstreams = api.app.upstreams
     assert upstreams is not None
-    # As if other documents had pushed this one out of the parsed-document memory.
     upstreams._memory = type(upstreams._memory)(lambda item: 1, max_bytes=1_000)
+    return reads
+
+
+def test_a_render_of_a_still_fresh_copy_outlives_the_render_cache_without_rereading_it(
+    api: Api, upstream: Upstream, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect(api, FIRST_URL, ttl=300)
+    upstream.first.packages.add("big-doc", "1.0.0")
+    path = tarball_path("big-doc", "1.0.0")
+    first = get(api, "big-doc")
+    assert api.get(path).status_code == 200  # fetched and stored
+    assert api.get(path).status_code == 200  # from the store
+    reads = document_reads(api, monkeypatch)
     clock.advance(61)  # past the render cache (60 s), within the TTL
     again = get(api, "big-doc")
     assert again.status_code == 200 and again.content == first.content
@@ -446,18 +452,7 @@ def test_a_stored_tarball_of_a_version_the_packument_offered_needs_no_document_r
     get(api, "offered")  # npm asks for the packument first
     for version in ("1.0.0", "1.1.0"):
         assert api.get(tarball_path("offered", version)).status_code == 200  # fetched
-    reads: list[str] = []
-    store = api.app.meta
-    real = store.get_upstream_doc
-
-    async def counted(connector_id: int, name: str) -> object:
-        reads.append(name)
-        return await real(connector_id, name)
-
-    monkeypatch.setattr(store, "get_upstream_doc", counted)
-    upstreams = api.app.upstreams
-    assert upstreams is not None
-    upstreams._memory = type(upstreams._memory)(lambda item: 1, max_bytes=1_000)
+    reads = document_reads(api, monkeypatch)
     for version in ("1.0.0", "1.1.0"):
         again = api.get(tarball_path("offered", version))
         assert again.content == upstream.first.packages.tarball_of("offered", version)
