@@ -71,6 +71,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.packuments import (  # noqa: E402
     Release,
+    Server,
     busy_seconds,
     children_seconds,
     ensure_tool,
@@ -85,7 +86,10 @@ from bench.packuments import (  # noqa: E402
     render_text,
     run,
     say,
+    start,
+    verdaccio_token,
     wait_for_idle,
+    wait_until,
 )
 from bench.search import NOUNS, WORDS  # noqa: E402
 from bench.search import fill as fill_feed  # noqa: E402
@@ -229,125 +233,6 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(10)
-
-
-# -- server processes (after bench/packuments.py, with room for extra facts) ---------------
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Server:
-    """A server process in its own process group, stopped by :meth:`stop`."""
-
-    label: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    base: str = ""  # the registry URL, ending with "/"
-    token: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-
-    def _group(self) -> list[Path]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[2] == str(self.process.pid):
-                found.append(entry)
-        return found
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the processes in the server's process group."""
-        ticks = 0
-        for entry in self._group():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])
-            except (OSError, ValueError, IndexError):
-                continue
-        return ticks / CLOCK_TICKS
-
-    def rss_kib(self) -> dict[int, int]:
-        """VmRSS (KiB) of every process in the server's process group."""
-        found: dict[int, int] = {}
-        for entry in self._group():
-            try:
-                for line in (entry / "status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        found[int(entry.name)] = int(line.split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-        return found
-
-
-def start(label: str, cmd: Sequence[str], log: Path, cwd: Path | None = None) -> Server:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            list(cmd),
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return Server(label, process, log)
-
-
-def wait_until(server: Server, ready: str, timeout: float = 60.0) -> None:
-    """Wait until GET ``ready`` answers 200."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.label} exited:\n{server.log.read_text()[-3000:]}")
-        try:
-            if http_request(ready, timeout=2.0).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.label} did not answer {ready} in {timeout:.0f} s")
-
-
-def verdaccio_token(server: Server) -> str:
-    """Register a user (htpasswd) the way ``npm adduser`` does and keep its token."""
-    body = {
-        "_id": "org.couchdb.user:bench",
-        "name": "bench",
-        "password": "bench-password-1",
-        "email": "bench@example.com",
-        "type": "user",
-        "roles": [],
-        "date": datetime.now(UTC).isoformat(),
-    }
-    result = http_request(
-        f"{server.base}-/user/org.couchdb.user:bench",
-        "PUT",
-        json.dumps(body).encode(),
-        {"Content-Type": "application/json"},
-    )
-    if result.status != 201:
-        raise RuntimeError(f"Verdaccio adduser: {result.status} {result.body[:300]!r}")
-    token: str = json.loads(result.body)["token"]
-    return token
 
 
 # -- npm's cache -> a static registry -------------------------------------------------------

@@ -378,6 +378,7 @@ class Server:
     log: Path
     base: str = ""  # the registry URL, ending with "/"
     token: str = ""
+    extra: dict[str, str] = field(default_factory=dict)  # what a benchmark notes about it
 
     @property
     def pid(self) -> int:
@@ -397,16 +398,27 @@ class Server:
             except subprocess.TimeoutExpired:
                 continue
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the processes in the server's process group."""
-        ticks = 0
+    def _group(self) -> list[Path]:
+        """The /proc entries of the processes in the server's process group."""
+        found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == self.process.pid:
-                    ticks += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError):
+                continue
+            if fields[2] == str(self.process.pid):
+                found.append(entry)
+        return found
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the processes in the server's process group."""
+        ticks = 0
+        for entry in self._group():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
             except (OSError, ValueError, IndexError):
                 continue
         return ticks / CLOCK_TICKS
@@ -414,14 +426,8 @@ class Server:
     def rss_kib(self) -> dict[int, int]:
         """VmRSS (KiB) of every process in the server's process group."""
         found: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        for entry in self._group():
             try:
-                stat = (entry / "stat").read_text()
-                pgrp = int(stat.rsplit(")", 1)[1].split()[2])
-                if pgrp != self.process.pid:
-                    continue
                 for line in (entry / "status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         found[int(entry.name)] = int(line.split()[1])

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench.installs as b
-from bench.packuments import ensure_tool, say
+from bench.packuments import Server, ensure_tool, say
 
 
-def rss_mib(server: b.Server) -> float:
+def rss_mib(server: Server) -> float:
     return max(server.rss_kib().values(), default=0) / 1024
 
 

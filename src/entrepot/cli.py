@@ -234,12 +234,7 @@ def run() -> NoReturn:
     (SIGABRT after the command printed its result; about one exit in five on a loaded
     machine). Every store is closed by then, so flushing and leaving is safe.
     """
-    try:
-        code = main()
-    except SystemExit as exc:  # argparse's --help and usage errors
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-        if exc.code is not None and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)
+    code = main()  # argparse's --help and usage errors exit before any store is opened
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -773,4 +768,4 @@ async def _bootstrap(settings: Settings) -> Path | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

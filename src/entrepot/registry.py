@@ -202,15 +202,15 @@ class Registry:
         )
         self._feeds: dict[str, tuple[int, Feed | None]] = {}
         self._roles: dict[tuple[int, int], int] = {}
-        #: Local tarballs found, good while nothing was written anywhere since.
-        self._tarball_refs: dict[tuple[int, str, str], tuple[int, TarballRef]] = {}
         # The versions each upstream copy offered when its packument was last rendered,
         # by (feed id, name), bounded by the number of versions kept.
         self._offered: SizedLRU[tuple[int, str], tuple[tuple[Connector, float], frozenset[str]]]
         self._offered = SizedLRU(lambda item: len(item[1]) + 1, max_bytes=1_000_000)
-        # Tarballs kept from connectors, by the same key: (change counter, where, the
-        # upstream copy that offered it); bounded by count (each entry weighs 1).
-        self._upstream_tarballs: SizedLRU[
+        #: Tarballs found, by (feed id, name, file name): (change counter, where, and for a
+        #: connector's tarball the upstream copy that offered it). Good while nothing was
+        #: written since and, for a connector's, until ``TarballRef.fresh_until``. Bounded
+        #: by count (each entry weighs 1).
+        self._tarball_refs: SizedLRU[
             tuple[int, str, str], tuple[int, TarballRef, tuple[Connector, float] | None]
         ] = SizedLRU(lambda _: 1, max_bytes=50_000)
         self._roles_seq = -1
@@ -473,29 +473,20 @@ class Registry:
         seq = await self.meta.seq()
         key = (feed.id, name, filename)
         known = self._tarball_refs.get(key)
-        if known is not None and known[0] == seq:
-            return known[1]
-        remembered = self._upstream_tarballs.get(key)
-        if remembered is not None:
-            kept_seq, ref, source = remembered
+        if known is not None:
+            kept_seq, ref, source = known
             if kept_seq == seq:
-                if time.monotonic() < (ref.fresh_until or 0):
+                if ref.fresh_until is None or time.monotonic() < ref.fresh_until:
                     return ref
                 if source is not None and source == await self._fresh_source(feed, name):
                     # The same upstream copy still offers it (see packument()).
-                    ref = dataclasses.replace(
-                        ref, fresh_until=time.monotonic() + min(source[0].ttl, 60)
-                    )
-                    self._upstream_tarballs.put(key, (seq, ref, source))
-                    return ref
-            self._upstream_tarballs.drop(key)
+                    return self._keep_upstream_tarball(key, seq, ref, source, ttl=source[0].ttl)
+            self._tarball_refs.drop(key)
         version = semver.clean(filename[len(prefix) : -len(".tgz")])
         found = await self.meta.find_version(feed.id, name, version) if version else None
         if found is not None:
             ref = TarballRef(found.blob_key, found.size, self.blobs.local_path(found.blob_key))
-            if len(self._tarball_refs) > 50_000:
-                self._tarball_refs.clear()
-            self._tarball_refs[key] = (seq, ref)
+            self._tarball_refs.put(key, (seq, ref, None))
             return ref
         missing = NotFound(f"no tarball {filename[:200]!r} for {name} in feed {feed.name!r}")
         if version is None or self.upstreams is None:
@@ -512,16 +503,20 @@ class Registry:
             if source is not None and source == offered[0]:
                 stored = await self.upstreams.stored_tarball(source[0], name, version)
                 if stored is not None:
-                    seconds = min(source[0].ttl, 60)
-                    return self._keep_upstream_tarball(key, seq, stored, source, seconds)
+                    return self._keep_upstream_tarball(key, seq, stored, source, ttl=source[0].ttl)
         upstream = await self._upstream(feed, name, depth)
         if upstream is None or version not in (upstream.doc.get("versions") or {}):
             raise missing
         result = await self.upstreams.tarball(upstream, name, version, depth=depth)
         if isinstance(result, StoredTarball):
-            # Until the upstream copy needs revalidating, as its packument does.
-            seconds = 5 if upstream.stale else min(upstream.connector.ttl, 60)
-            return self._keep_upstream_tarball(key, seq, result, _source(upstream), seconds)
+            return self._keep_upstream_tarball(
+                key,
+                seq,
+                result,
+                _source(upstream),
+                ttl=upstream.connector.ttl,
+                stale=upstream.stale,
+            )
         if isinstance(result, bytes):
             return TarballRef("", len(result), None, data=result)
         return TarballRef("", result.size or 0, None, stream=result)
@@ -530,17 +525,21 @@ class Registry:
         self,
         key: tuple[int, str, str],
         seq: int,
-        stored: StoredTarball,
+        stored: StoredTarball | TarballRef,
         source: tuple[Connector, float] | None,
-        seconds: float,
+        *,
+        ttl: int,
+        stale: bool = False,
     ) -> TarballRef:
-        """Serve a connector's stored tarball again without asking the connectors for
-        ``seconds`` while nothing is written: a write may add a local version, change a
-        connector or its filters."""
+        """Serve a connector's stored tarball again without asking the connectors until its
+        upstream copy needs revalidating, as its packument does (5 s for a stale copy), while
+        nothing is written: a write may add a local version, change a connector or its
+        filters."""
+        seconds = 5 if stale else min(ttl, 60)
         ref = TarballRef(
             stored.blob_key, stored.size, stored.path, fresh_until=time.monotonic() + seconds
         )
-        self._upstream_tarballs.put(key, (seq, ref, source))
+        self._tarball_refs.put(key, (seq, ref, source))
         return ref
 
     async def audit(self, feed: Feed, kind: str, body: dict[str, Any]) -> Any | None:
