@@ -80,6 +80,33 @@ class StoredTarball:
     path: Path | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dist:
+    """What fetching and checking a version's upstream tarball needs from its manifest,
+    kept apart so that a fetch need not hold (or parse again) the whole document."""
+
+    tarball: str | None
+    integrity: str | None
+    shasum: str | None
+
+    @classmethod
+    def of(cls, manifest: Mapping[str, Any]) -> Dist:
+        dist = manifest.get("dist")
+        if not isinstance(dist, dict):
+            return cls(None, None, None)
+        fields = (dist.get("tarball"), dist.get("integrity"), dist.get("shasum"))
+        url, integrity, shasum = (f if isinstance(f, str) else None for f in fields)
+        return cls(url, integrity, shasum)
+
+
+def dists(doc: Mapping[str, Any]) -> dict[str, Dist]:
+    """Every version's :class:`Dist` in a packument."""
+    versions = doc.get("versions")
+    if not isinstance(versions, dict):
+        return {}
+    return {v: Dist.of(m) for v, m in versions.items() if isinstance(m, dict)}
+
+
 @dataclasses.dataclass
 class TarballStream:
     """An upstream tarball on its way: headers known, body to be streamed once."""
@@ -172,8 +199,10 @@ class Upstreams:
         self._credentials = dict(credentials or {})
         self._inflight: dict[tuple[int, str], asyncio.Task[UpstreamDoc | None]] = {}
         self._tarballs_inflight: dict[tuple[int, str, str], asyncio.Event] = {}
-        #: Documents being written to the shared cache after their request was answered.
+        #: Documents being written to the shared cache after their request was answered,
+        #: and those documents by (connector id, name) until they land there.
         self._storing: set[asyncio.Task[None]] = set()
+        self._unstored: dict[tuple[int, str], UpstreamDoc] = {}
         #: Upstream documents parsed once, for the reads that follow a fetch (a big
         #: packument costs milliseconds of the event loop to parse). Weighed as five times
         #: the body: parsed, a packument takes about 3.8 times its JSON (measured on the
@@ -293,9 +322,9 @@ class Upstreams:
                 continue
             if connector.url.startswith(FEED_PREFIX) or connector.min_age_hours:
                 return None
-            memory = self._memory.get((connector.id, name))
-            if memory is not None:
-                state: tuple[int, float] | None = (memory[0].status, memory[0].fetched)
+            known = self._known((connector.id, name))
+            if known is not None:
+                state: tuple[int, float] | None = (known.status, known.fetched)
             else:
                 state = await self.meta.upstream_doc_state(connector.id, name)
             if state is None:
@@ -318,8 +347,7 @@ class Upstreams:
     async def _from_url(self, connector: Connector, name: str) -> Found | None:
         key = (connector.id, name)
         now = time.time()
-        memory = self._memory.get(key)
-        cached = memory[0] if memory else await self.meta.get_upstream_doc(connector.id, name)
+        cached = self._known(key) or await self.meta.get_upstream_doc(connector.id, name)
         if cached is not None:
             ttl = connector.ttl if cached.status == 200 else NOT_FOUND_TTL
             fresh = now - cached.fetched < ttl
@@ -341,6 +369,11 @@ class Upstreams:
                 return self._found(connector, name, cached, stale=True)
             raise UpstreamUnavailable(f"connector {connector.name} failed")
         return self._found(connector, name, result, stale=False)
+
+    def _known(self, key: tuple[int, str]) -> UpstreamDoc | None:
+        """The document this process holds for the key (parsed, or still being stored)."""
+        memory = self._memory.get(key)
+        return memory[0] if memory is not None else self._unstored.get(key)
 
     def _found(
         self, connector: Connector, name: str, doc: UpstreamDoc, *, stale: bool
@@ -421,6 +454,7 @@ class Upstreams:
         # asked for it does not wait for the store's write lock; other processes poll
         # the shared cache, and the lease is held until the document lands there.
         self._memory.put((connector.id, name), (doc, parsed))
+        self._unstored[(connector.id, name)] = doc
         task = asyncio.create_task(self._store_doc(connector, name, doc, lease))
         self._storing.add(task)
         task.add_done_callback(self._storing.discard)
@@ -434,6 +468,9 @@ class Upstreams:
         except Exception as exc:  # kept in memory only; the next process asks again
             log.warning("connector %s: could not cache %s: %s", connector.name, name[:214], exc)
         finally:
+            key = (connector.id, name)
+            if self._unstored.get(key) is doc:
+                del self._unstored[key]
             with contextlib.suppress(Exception):
                 await self.meta.release_lease(lease, self._holder)
 
@@ -493,13 +530,18 @@ class Upstreams:
             filename = f"{name.rpartition('/')[2]}-{version}.tgz"
             feed = connector.url.removeprefix(FEED_PREFIX)
             return await self.feed_tarball(feed, name, filename, depth + 1)
+        return await self.fetch_tarball(connector, name, version, Dist.of(manifest))
+
+    async def fetch_tarball(
+        self, connector: Connector, name: str, version: str, dist: Dist
+    ) -> StoredTarball | TarballStream:
+        """A URL connector's tarball of a version whose manifest had ``dist``: stored, or
+        fetched and stored on the way."""
         stored = await self.stored_tarball(connector, name, version)
         if stored is not None:
             return stored
-        dist = manifest.get("dist") if isinstance(manifest.get("dist"), dict) else {}
-        assert isinstance(dist, dict)
-        url = dist.get("tarball")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        url = dist.tarball
+        if url is None or not url.startswith(("http://", "https://")):
             raise NotFound(f"{name}@{version} has no tarball URL upstream")
         return await self._stream(connector, name, version, url, dist)
 
@@ -517,7 +559,7 @@ class Upstreams:
         return None
 
     async def _stream(
-        self, connector: Connector, name: str, version: str, url: str, dist: Mapping[str, Any]
+        self, connector: Connector, name: str, version: str, url: str, dist: Dist
     ) -> TarballStream:
         self._guard(connector, url)
         key = (connector.id, name, version)
@@ -568,7 +610,7 @@ class Upstreams:
         connector: Connector,
         name: str,
         version: str,
-        dist: Mapping[str, Any],
+        dist: Dist,
         response: httpx.Response,
         key: tuple[int, str, str],
         done: asyncio.Event,
@@ -663,13 +705,11 @@ def _check_document(body: bytes, name: str) -> dict[str, Any]:
     return doc
 
 
-def _integrity_matches(dist: Mapping[str, Any], integrity: str, shasum: str) -> bool:
-    sent = dist.get("integrity")
-    if isinstance(sent, str):
-        sha512s = [p for p in sent.split() if p.startswith("sha512-")]
+def _integrity_matches(dist: Dist, integrity: str, shasum: str) -> bool:
+    if dist.integrity is not None:
+        sha512s = [p for p in dist.integrity.split() if p.startswith("sha512-")]
         if sha512s:
             return integrity in sha512s
-    sent_sha1 = dist.get("shasum")
-    if isinstance(sent_sha1, str):
-        return sent_sha1.lower() == shasum
+    if dist.shasum is not None:
+        return dist.shasum.lower() == shasum
     return True

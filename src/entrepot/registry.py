@@ -22,7 +22,15 @@ import orjson
 
 from entrepot.auth import Principal
 from entrepot.clock import http_date, now_iso
-from entrepot.connectors import Found, StoredTarball, TarballStream, Upstreams, name_matches
+from entrepot.connectors import (
+    Dist,
+    Found,
+    StoredTarball,
+    TarballStream,
+    Upstreams,
+    dists,
+    name_matches,
+)
 from entrepot.errors import (
     BadRequest,
     Conflict,
@@ -202,10 +210,12 @@ class Registry:
         )
         self._feeds: dict[str, tuple[int, Feed | None]] = {}
         self._roles: dict[tuple[int, int], int] = {}
-        # The versions each upstream copy offered when its packument was last rendered,
-        # by (feed id, name), bounded by the number of versions kept.
-        self._offered: SizedLRU[tuple[int, str], tuple[tuple[Connector, float], frozenset[str]]]
-        self._offered = SizedLRU(lambda item: len(item[1]) + 1, max_bytes=1_000_000)
+        # The versions each upstream copy offered when its packument was last rendered, with
+        # what fetching their tarballs needs, by (feed id, name); weighed at about 400
+        # bytes a version (strings shared with the parsed document).
+        self._offered: SizedLRU[
+            tuple[int, str], tuple[tuple[Connector, float], dict[str, Dist]]
+        ] = SizedLRU(lambda item: 400 * (len(item[1]) + 1), max_bytes=32 * 1024 * 1024)
         #: Tarballs found, by (feed id, name, file name): (change counter, where, and for a
         #: connector's tarball the upstream copy that offered it). Good while nothing was
         #: written since and, for a connector's, until ``TarballRef.fresh_until``. Bounded
@@ -359,7 +369,7 @@ class Registry:
             entry = _render(doc, modified, -1, seq)
             entry.source = source
             if found is not None and source is not None:
-                self._offered.put((feed.id, name), (source, frozenset(found.doc["versions"])))
+                self._offered.put((feed.id, name), (source, dists(found.doc)))
             ttl = found.connector.ttl if found is not None else 0
             entry.fresh_until = time.monotonic() + min(ttl, 60)
             if found is not None and found.stale:
@@ -498,25 +508,35 @@ class Registry:
         offered = self._offered.get((feed.id, name))
         if offered is not None and version in offered[1]:
             # The packument rendered from this copy listed it (npm asks for the packument
-            # first): if the copy is still the fresh one, it need not be read again.
+            # first): if the copy is still the fresh one, it need not be read (or parsed)
+            # again to serve or fetch the tarball.
             source = await self._fresh_source(feed, name)
             if source is not None and source == offered[0]:
-                stored = await self.upstreams.stored_tarball(source[0], name, version)
-                if stored is not None:
-                    return self._keep_upstream_tarball(key, seq, stored, source, ttl=source[0].ttl)
+                result: StoredTarball | bytes | TarballStream = await self.upstreams.fetch_tarball(
+                    source[0], name, version, offered[1][version]
+                )
+                return self._upstream_tarball_ref(key, seq, result, source, ttl=source[0].ttl)
         upstream = await self._upstream(feed, name, depth)
         if upstream is None or version not in (upstream.doc.get("versions") or {}):
             raise missing
         result = await self.upstreams.tarball(upstream, name, version, depth=depth)
+        return self._upstream_tarball_ref(
+            key, seq, result, _source(upstream), ttl=upstream.connector.ttl, stale=upstream.stale
+        )
+
+    def _upstream_tarball_ref(
+        self,
+        key: tuple[int, str, str],
+        seq: int,
+        result: StoredTarball | bytes | TarballStream,
+        source: tuple[Connector, float] | None,
+        *,
+        ttl: int,
+        stale: bool = False,
+    ) -> TarballRef:
+        """The reference to hand out for what the connectors gave; a stored one is kept."""
         if isinstance(result, StoredTarball):
-            return self._keep_upstream_tarball(
-                key,
-                seq,
-                result,
-                _source(upstream),
-                ttl=upstream.connector.ttl,
-                stale=upstream.stale,
-            )
+            return self._keep_upstream_tarball(key, seq, result, source, ttl=ttl, stale=stale)
         if isinstance(result, bytes):
             return TarballRef("", len(result), None, data=result)
         return TarballRef("", result.size or 0, None, stream=result)
