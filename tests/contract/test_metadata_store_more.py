@@ -626,6 +626,12 @@ def test_upstream_cache_is_kept_per_connector_without_seq_bumps(
         binary = UpstreamDoc(200, None, 1.0, bytes(range(256)) * 4)
         await store.put_upstream_doc(mirror.id, "lodash", binary)
         assert await store.get_upstream_doc(mirror.id, "lodash") == binary
+        # The abbreviated flag is kept, and overwritten with the rest.
+        short = UpstreamDoc(200, '"c"', 2.0, b'{"versions":{}}', abbreviated=True)
+        await store.put_upstream_doc(mirror.id, "lodash", short)
+        assert await store.get_upstream_doc(mirror.id, "lodash") == short
+        await store.put_upstream_doc(mirror.id, "lodash", binary)
+        assert await store.get_upstream_doc(mirror.id, "lodash") == binary
         key_1, key_2 = blob_key("lodash", "4.0.0"), blob_key("lodash", "4.0.0-b")
         await store.put_upstream_tarball(public_npm.id, "lodash", "4.0.0", key_1, 1234)
         assert await store.get_upstream_tarball(public_npm.id, "lodash", "4.0.0") == (key_1, 1234)
@@ -1454,26 +1460,35 @@ def schema(request: pytest.FixtureRequest, tmp_path: Path) -> _Schema:
 
 
 def test_schema_versions_are_checked_and_upgraded(schema: _Schema, runner: asyncio.Runner) -> None:
-    """The last migration of every backend adds the leases table: a database one version
-    older refuses to open until upgraded, keeps its data through the upgrade and then has
-    leases; a newer one is refused, upgrade or not."""
+    """The last two migrations of every backend add the leases table and the abbreviated
+    flag of cached upstream documents: a database two versions older refuses to open until
+    upgraded, keeps its data through the upgrade and then has both; a newer one is refused,
+    upgrade or not."""
 
     async def body() -> None:
         store, upgraded_from = await schema.open(False)
         assert upgraded_from is None
         await store.create_feed("main", private=False)
+        connector = await add_connector(store, (await store.list_feeds())[0].id, "up")
+        await store.put_upstream_doc(connector.id, "old", UpstreamDoc(200, '"e"', 1.0, b"{}"))
         await store.close()
         await schema.execute("DROP TABLE leases", ())
+        await schema.execute("ALTER TABLE upstream_docs DROP COLUMN abbreviated", ())
         set_version = "UPDATE meta SET value = ? WHERE key = 'schema_version'"
-        await schema.execute(set_version, (schema.version - 1,))
+        await schema.execute(set_version, (schema.version - 2,))
         with pytest.raises(SchemaMismatch, match="entrepot db upgrade"):
             await schema.open(False)
         store, upgraded_from = await schema.open(True)
         try:
-            assert upgraded_from == schema.version - 1
+            assert upgraded_from == schema.version - 2
             assert [f.name for f in await store.list_feeds()] == ["main"]
             assert await store.acquire_lease("k", "me", 60) is True
             assert await store.acquire_lease("k", "you", 60) is False
+            old = await store.get_upstream_doc(connector.id, "old")
+            assert old == UpstreamDoc(200, '"e"', 1.0, b"{}", abbreviated=False)
+            short = UpstreamDoc(200, '"c"', 2.0, b'{"versions":{}}', abbreviated=True)
+            await store.put_upstream_doc(connector.id, "new", short)
+            assert await store.get_upstream_doc(connector.id, "new") == short
         finally:
             await store.close()
         store, upgraded_from = await schema.open(False)

@@ -109,12 +109,14 @@ class Connector:
 
 @dataclasses.dataclass(frozen=True)
 class UpstreamDoc:
-    """A packument as an upstream last answered: 200 with a body, or 404."""
+    """A packument as an upstream last answered: 200 with a body, or 404. ``abbreviated``:
+    the body is the abbreviated ("corgi") form, good for installs only."""
 
     status: int
     etag: str | None
     fetched: float
     body: bytes
+    abbreviated: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

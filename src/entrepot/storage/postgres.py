@@ -68,7 +68,7 @@ Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 log = logging.getLogger("entrepot.postgres")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Any constant: the advisory lock that keeps two processes from creating the schema at once.
 _SCHEMA_LOCK = 0x656E747265706F74
@@ -90,6 +90,9 @@ MIGRATIONS: dict[int, str] = {
     holder TEXT NOT NULL,
     expires DOUBLE PRECISION NOT NULL
 )""",
+    # 3: a connector may cache an upstream's abbreviated packument (for installs only).
+    2: "ALTER TABLE upstream_docs ADD COLUMN IF NOT EXISTS abbreviated BOOLEAN NOT NULL "
+    "DEFAULT FALSE",
 }
 
 # Manifests, dist-tags and maintainers are JSON, not JSONB: JSON keeps the text as written,
@@ -209,6 +212,7 @@ CREATE TABLE IF NOT EXISTS upstream_docs (
     etag TEXT,
     fetched DOUBLE PRECISION NOT NULL,
     body BYTEA NOT NULL,
+    abbreviated BOOLEAN NOT NULL DEFAULT FALSE,
     PRIMARY KEY (connector_id, name)
 );
 CREATE TABLE IF NOT EXISTS upstream_tarballs (
@@ -1415,11 +1419,14 @@ class PostgresMetadataStore:
 
     async def get_upstream_doc(self, connector_id: int, name: str) -> UpstreamDoc | None:
         rows = await self._read(
-            "SELECT status, etag, fetched, body FROM upstream_docs "
+            "SELECT status, etag, fetched, body, abbreviated FROM upstream_docs "
             "WHERE connector_id = %s AND name = %s",
             (connector_id, name),
         )
-        return UpstreamDoc(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
+        if not rows:
+            return None
+        status, etag, fetched, body, abbreviated = rows[0]
+        return UpstreamDoc(status, etag, fetched, bytes(body), bool(abbreviated))
 
     async def upstream_doc_state(self, connector_id: int, name: str) -> tuple[int, float] | None:
         rows = await self._read(
@@ -1431,11 +1438,13 @@ class PostgresMetadataStore:
     async def put_upstream_doc(self, connector_id: int, name: str, doc: UpstreamDoc) -> None:
         async def work(conn: Conn) -> None:
             await conn.execute(
-                "INSERT INTO upstream_docs (connector_id, name, status, etag, fetched, body) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (connector_id, name) DO UPDATE SET "
+                "INSERT INTO upstream_docs "
+                "(connector_id, name, status, etag, fetched, body, abbreviated) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (connector_id, name) DO UPDATE SET "
                 "status = excluded.status, etag = excluded.etag, fetched = excluded.fetched, "
-                "body = excluded.body",
-                (connector_id, name, doc.status, doc.etag, doc.fetched, doc.body),
+                "body = excluded.body, abbreviated = excluded.abbreviated",
+                (connector_id, name, doc.status, doc.etag, doc.fetched, doc.body, doc.abbreviated),
             )
 
         await self._write(work)

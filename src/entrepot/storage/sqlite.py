@@ -50,7 +50,7 @@ from entrepot.storage.base import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -166,6 +166,7 @@ CREATE TABLE IF NOT EXISTS upstream_docs (
     etag TEXT,
     fetched REAL NOT NULL,
     body BLOB NOT NULL,
+    abbreviated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (connector_id, name)
 );
 CREATE TABLE IF NOT EXISTS upstream_tarballs (
@@ -190,7 +191,20 @@ MIGRATIONS: dict[int, str] = {
     holder TEXT NOT NULL,
     expires REAL NOT NULL
 )""",
+    # 4: a connector may cache an upstream's abbreviated packument (for installs only).
+    3: "ALTER TABLE upstream_docs ADD COLUMN abbreviated INTEGER NOT NULL DEFAULT 0",
 }
+
+
+def _column_exists(conn: sqlite3.Connection, statement: str) -> bool:
+    """Whether ``statement`` adds a column that is already there (SQLite has no
+    ``ADD COLUMN IF NOT EXISTS``; every other step is written to be repeatable)."""
+    words = statement.split()
+    keywords = [w.upper() for w in words[:2] + words[3:5]]
+    if len(words) < 6 or keywords != ["ALTER", "TABLE", "ADD", "COLUMN"]:
+        return False
+    columns = conn.execute(f"PRAGMA table_info({words[2]})").fetchall()
+    return any(row[1] == words[5] for row in columns)
 
 
 def schema_version(conn: sqlite3.Connection) -> int | None:
@@ -228,7 +242,7 @@ def _prepare(conn: sqlite3.Connection, *, upgrade: bool) -> int | None:
     try:
         for step in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[step].split(";\n"):
-                if statement.strip():
+                if statement.strip() and not _column_exists(conn, statement):
                     conn.execute(statement)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         conn.execute("COMMIT")
@@ -1423,11 +1437,14 @@ class SQLiteMetadataStore:
 
     async def get_upstream_doc(self, connector_id: int, name: str) -> UpstreamDoc | None:
         rows = self._read(
-            "SELECT status, etag, fetched, body FROM upstream_docs "
+            "SELECT status, etag, fetched, body, abbreviated FROM upstream_docs "
             "WHERE connector_id = ? AND name = ?",
             (connector_id, name),
         )
-        return UpstreamDoc(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
+        if not rows:
+            return None
+        status, etag, fetched, body, abbreviated = rows[0]
+        return UpstreamDoc(status, etag, fetched, bytes(body), bool(abbreviated))
 
     async def upstream_doc_state(self, connector_id: int, name: str) -> tuple[int, float] | None:
         rows = self._read(
@@ -1439,11 +1456,13 @@ class SQLiteMetadataStore:
     async def put_upstream_doc(self, connector_id: int, name: str, doc: UpstreamDoc) -> None:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO upstream_docs (connector_id, name, status, etag, fetched, body) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connector_id, name) DO UPDATE SET "
+                "INSERT INTO upstream_docs "
+                "(connector_id, name, status, etag, fetched, body, abbreviated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (connector_id, name) DO UPDATE SET "
                 "status = excluded.status, etag = excluded.etag, fetched = excluded.fetched, "
-                "body = excluded.body",
-                (connector_id, name, doc.status, doc.etag, doc.fetched, doc.body),
+                "body = excluded.body, abbreviated = excluded.abbreviated",
+                (connector_id, name, doc.status, doc.etag, doc.fetched, doc.body, doc.abbreviated),
             )
 
         await self._write(work)
