@@ -8,8 +8,9 @@ Uses the fixture and helpers of ``bench/installs.py`` (run that once first to bu
     .venv/bin/python bench/warm_profile.py --store pg+s3 --profile bench/.work/warm0.txt
     .venv/bin/python bench/warm_profile.py --warm 0 --profile-fill bench/.work/cold.txt
 
-With ``--profile`` or ``--profile-fill`` it needs ``py-spy`` (``.venv/bin/pip install py-spy``); the profile is
-py-spy's raw format (one folded stack per line with its sample count).
+With ``--profile`` or ``--profile-fill`` it needs ``py-spy`` (``.venv/bin/pip install
+py-spy``); the profile is py-spy's raw format (one folded stack per line with its sample
+count). ``--gil`` samples only the thread holding the GIL: Python's own CPU.
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ NOT_FOUND_TTL = 60.0
 #: Largest upstream packument accepted (the biggest public ones are tens of MB).
 MAX_DOC_BYTES = 200 * 1024 * 1024
 FEED_PREFIX = "feed:"
+#: The abbreviated packument's media type, and what npm sends to ask for it.
+CORGI = "application/vnd.npm.install-v1+json"
+CORGI_ACCEPT = f"{CORGI}; q=1.0, application/json; q=0.8, */*"
 
 
 #: The request extension that names a request's connector, for the SSRF guard on redirects.
@@ -68,6 +71,8 @@ class Found:
     connector: Connector
     fetched: float
     stale: bool
+    #: The document is the upstream's abbreviated form (see ``find``).
+    abbreviated: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +202,8 @@ class Upstreams:
         self._client = client
         self._client_options: dict[str, Any] = {"timeout": timeout, "verify": verify}
         self._credentials = dict(credentials or {})
-        self._inflight: dict[tuple[int, str], asyncio.Task[UpstreamDoc | None]] = {}
+        #: Requests in flight by (connector id, name, abbreviated).
+        self._inflight: dict[tuple[int, str, bool], asyncio.Task[UpstreamDoc | None]] = {}
         self._tarballs_inflight: dict[tuple[int, str, str], asyncio.Event] = {}
         #: Documents being written to the shared cache after their request was answered,
         #: and those documents by (connector id, name) until they land there.
@@ -281,8 +287,16 @@ class Upstreams:
 
     # -- packuments -------------------------------------------------------------------------
 
-    async def find(self, feed: Feed, name: str, *, depth: int = 0) -> Found | None:
+    async def find(
+        self, feed: Feed, name: str, *, depth: int = 0, abbreviated: bool = False
+    ) -> Found | None:
         """The first connector's document for ``name``; None if no connector has it.
+
+        With ``abbreviated``, the caller needs only what installs need: a URL connector
+        without a minimum age (which needs publish times) may answer with the upstream's
+        abbreviated document, which is smaller to fetch, parse and store. A full document
+        is asked for otherwise; an abbreviated copy is then served only, marked stale, when
+        the upstream cannot send the full one.
 
         Raises :class:`UpstreamUnavailable` when a connector failed and nothing is cached.
         """
@@ -298,15 +312,15 @@ class Upstreams:
                     return Found(filtered(doc, connector, now), connector, now, False)
                 continue
             try:
-                found = await self._from_url(connector, name)
+                short = abbreviated and not connector.min_age_hours
+                found = await self._from_url(connector, name, short)
             except UpstreamUnavailable as exc:
                 failures.append(f"{connector.name}: {exc.message}")
                 timed_out = timed_out or isinstance(exc, UpstreamTimeout)
                 continue
             if found is not None:
-                return Found(
-                    filtered(found.doc, connector, now), connector, found.fetched, found.stale
-                )
+                doc = filtered(found.doc, connector, now)
+                return dataclasses.replace(found, doc=doc)
         if failures:
             error = UpstreamTimeout if timed_out else UpstreamUnavailable
             raise error(f"no upstream could answer for {name}: " + "; ".join(failures))
@@ -344,10 +358,22 @@ class Upstreams:
             return None
         return await self.feed_document(connector.url.removeprefix(FEED_PREFIX), name, depth + 1)
 
-    async def _from_url(self, connector: Connector, name: str) -> Found | None:
+    async def _from_url(self, connector: Connector, name: str, abbreviated: bool) -> Found | None:
         key = (connector.id, name)
         now = time.time()
         cached = self._known(key) or await self.meta.get_upstream_doc(connector.id, name)
+        # An abbreviated copy does not answer a request for the full document: fetch that
+        # (and keep the abbreviated copy for an upstream failure).
+        fallback = cached
+        if cached is not None and cached.abbreviated and not abbreviated:
+            if key in self._failing:
+                # The last request for the full one failed: the abbreviated copy, at once,
+                # while one more is tried in the background.
+                self._single_flight(connector, name, None, False)
+                return self._found(connector, name, cached, stale=True)
+            cached = None
+        # A full copy is revalidated as a full one: one copy then answers both forms.
+        abbreviated = abbreviated and (cached is None or cached.abbreviated)
         if cached is not None:
             ttl = connector.ttl if cached.status == 200 else NOT_FOUND_TTL
             fresh = now - cached.fetched < ttl
@@ -356,17 +382,17 @@ class Upstreams:
             if cached.status == 200:
                 # Stale while revalidate: answer now, refresh in the background; once a
                 # refresh has failed, the copy is marked stale until one succeeds.
-                self._single_flight(connector, name, cached)
+                self._single_flight(connector, name, cached, abbreviated)
                 return self._found(connector, name, cached, stale=key in self._failing)
         try:
-            result = await asyncio.shield(self._single_flight(connector, name, cached))
+            result = await asyncio.shield(self._single_flight(connector, name, cached, abbreviated))
         except UpstreamUnavailable:
-            if cached is not None and cached.status == 200:
-                return self._found(connector, name, cached, stale=True)
+            if fallback is not None and fallback.status == 200:
+                return self._found(connector, name, fallback, stale=True)
             raise
         if result is None:
-            if cached is not None and cached.status == 200:
-                return self._found(connector, name, cached, stale=True)
+            if fallback is not None and fallback.status == 200:
+                return self._found(connector, name, fallback, stale=True)
             raise UpstreamUnavailable(f"connector {connector.name} failed")
         return self._found(connector, name, result, stale=False)
 
@@ -387,21 +413,28 @@ class Upstreams:
         else:
             parsed = orjson.loads(doc.body)
             self._memory.put(key, (doc, parsed))
-        return Found(parsed, connector, doc.fetched, stale)
+        return Found(parsed, connector, doc.fetched, stale, doc.abbreviated)
 
     def _single_flight(
-        self, connector: Connector, name: str, cached: UpstreamDoc | None
+        self, connector: Connector, name: str, cached: UpstreamDoc | None, abbreviated: bool
     ) -> asyncio.Task[UpstreamDoc | None]:
-        key = (connector.id, name)
-        task = self._inflight.get(key)
+        """The one request in flight for the name in that form (an abbreviated request
+        joins a full one, which answers it too)."""
+        task = self._inflight.get((connector.id, name, False))
+        if task is None and abbreviated:
+            task = self._inflight.get((connector.id, name, True))
         if task is None:
-            task = asyncio.create_task(self._fetch(connector, name, cached))
-            self._inflight[key] = task
-            task.add_done_callback(lambda done: self._fetched(key, done))
+            flight = (connector.id, name, abbreviated)
+            task = asyncio.create_task(self._fetch(connector, name, cached, abbreviated))
+            self._inflight[flight] = task
+            task.add_done_callback(lambda done: self._fetched(flight, done))
         return task
 
-    def _fetched(self, key: tuple[int, str], task: asyncio.Task[UpstreamDoc | None]) -> None:
-        self._inflight.pop(key, None)
+    def _fetched(
+        self, flight: tuple[int, str, bool], task: asyncio.Task[UpstreamDoc | None]
+    ) -> None:
+        self._inflight.pop(flight, None)
+        key = flight[:2]
         # Retrieving the exception also keeps a failed background refresh out of the log.
         if task.cancelled() or task.exception() is not None:
             self._failing.add(key)
@@ -409,7 +442,7 @@ class Upstreams:
             self._failing.discard(key)
 
     async def _fetch(
-        self, connector: Connector, name: str, cached: UpstreamDoc | None
+        self, connector: Connector, name: str, cached: UpstreamDoc | None, abbreviated: bool
     ) -> UpstreamDoc | None:
         """One upstream request for the name, coalesced across processes with a lease: the
         holder fetches, the others wait for its answer to land in the shared cache."""
@@ -420,6 +453,8 @@ class Upstreams:
         while True:
             # Another process may have refreshed it meanwhile.
             stored = await self.meta.get_upstream_doc(connector.id, name)
+            if stored is not None and stored.abbreviated and not abbreviated:
+                stored = None  # not what this request needs
             if stored is not None and (cached is None or stored.fetched > cached.fetched):
                 ttl = connector.ttl if stored.status == 200 else NOT_FOUND_TTL
                 if time.time() - stored.fetched < ttl or stored.fetched >= started:
@@ -439,7 +474,7 @@ class Upstreams:
                 break  # the holder is stuck; ask ourselves
             await asyncio.sleep(0.05)
         try:
-            doc, parsed = await self._request(connector, name, cached)
+            doc, parsed = await self._request(connector, name, cached, abbreviated)
         except BaseException:
             await self.meta.release_lease(lease, self._holder)
             raise
@@ -475,12 +510,13 @@ class Upstreams:
                 await self.meta.release_lease(lease, self._holder)
 
     async def _request(
-        self, connector: Connector, name: str, cached: UpstreamDoc | None
+        self, connector: Connector, name: str, cached: UpstreamDoc | None, abbreviated: bool
     ) -> tuple[UpstreamDoc, dict[str, Any] | None]:
         """The upstream's answer, and the parsed document when it sent a new one."""
         url = f"{connector.url.rstrip('/')}/{quote(name, safe='@')}"
         self._guard(connector, url)
-        headers = {"Accept": "application/json", **self._auth_headers(connector)}
+        accept = CORGI_ACCEPT if abbreviated else "application/json"
+        headers = {"Accept": accept, **self._auth_headers(connector)}
         if cached is not None and cached.status == 200 and cached.etag:
             headers["If-None-Match"] = cached.etag
         self.upstream_requests += 1
@@ -495,7 +531,11 @@ class Upstreams:
                 elif response.status_code == 200:
                     body = await _read_limited(response, MAX_DOC_BYTES)
                     parsed = _check_document(body, name)
-                    doc = UpstreamDoc(200, response.headers.get("etag"), time.time(), body)
+                    # Only an answer that says it is abbreviated is taken as such: an
+                    # upstream that ignores the Accept header sends the full document.
+                    short = response.headers.get("content-type", "").startswith(CORGI)
+                    etag = response.headers.get("etag")
+                    doc = UpstreamDoc(200, etag, time.time(), body, abbreviated and short)
                 elif response.status_code in (401, 403):
                     raise UpstreamUnavailable(
                         f"connector {connector.name} refused our credentials "

@@ -65,6 +65,9 @@ async def _fetch(registry: Registry, feed: Feed, item: Locked) -> str:
     upstreams = registry.upstreams
     if upstreams is None or not await upstreams.connectors(feed):
         raise NotFound(f"feed {feed.name!r} has no connectors to mirror from")
+    # The full document, not the abbreviated one an install asks for: the offline site then
+    # answers `npm view` and installs without a lockfile too.
+    await upstreams.find(feed, item.name)
     filename = f"{item.name.rpartition('/')[2]}-{item.version}.tgz"
     ref = await registry.tarball(feed, item.name, filename)
     if ref.stream is None:

@@ -339,7 +339,7 @@ class Registry:
             doc = (abbreviated_document if abbreviated else full_document)(package, feed_base)
             entry = _render(doc, package.modified, package.seq, seq)
         else:
-            found = await self._upstream(feed, name)
+            found = await self._upstream(feed, name, abbreviated=abbreviated)
             if found is not None and not found.doc.get("versions"):
                 found = None  # every version is hidden (minimum age): nothing to install
             source = _source(found)
@@ -365,7 +365,9 @@ class Registry:
             else:
                 found_doc = self._present(found.doc, name, feed_base, package)
             doc = abbreviate(found_doc) if abbreviated else found_doc
-            modified = str((found_doc.get("time") or {}).get("modified") or "")
+            modified = str(
+                (found_doc.get("time") or {}).get("modified") or found_doc.get("modified") or ""
+            )
             entry = _render(doc, modified, -1, seq)
             entry.source = source
             if found is not None and source is not None:
@@ -402,11 +404,14 @@ class Registry:
             self._scopes[feed.id] = cached
         return cached
 
-    async def _upstream(self, feed: Feed, name: str, depth: int = 0) -> Found | None:
-        """The connectors' document, unless the name is guarded as local."""
+    async def _upstream(
+        self, feed: Feed, name: str, depth: int = 0, *, abbreviated: bool = False
+    ) -> Found | None:
+        """The connectors' document, unless the name is guarded as local (``abbreviated``:
+        see :meth:`Upstreams.find`)."""
         if self.upstreams is None or not await self._reads_upstream(feed, name):
             return None
-        return await self.upstreams.find(feed, name, depth=depth)
+        return await self.upstreams.find(feed, name, depth=depth, abbreviated=abbreviated)
 
     async def _reads_upstream(self, feed: Feed, name: str) -> bool:
         _, scopes, patterns = await self._local_scopes(feed)
@@ -516,7 +521,7 @@ class Registry:
                     source[0], name, version, offered[1][version]
                 )
                 return self._upstream_tarball_ref(key, seq, result, source, ttl=source[0].ttl)
-        upstream = await self._upstream(feed, name, depth)
+        upstream = await self._upstream(feed, name, depth, abbreviated=True)
         if upstream is None or version not in (upstream.doc.get("versions") or {}):
             raise missing
         result = await self.upstreams.tarball(upstream, name, version, depth=depth)

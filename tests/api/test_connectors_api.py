@@ -461,6 +461,141 @@ def test_a_stored_tarball_of_a_version_the_packument_offered_needs_no_document_r
     assert len(upstream.first.tarball_requests("offered")) == 2
 
 
+def test_a_tarball_of_a_version_the_packument_offered_is_fetched_without_a_document_read(
+    api: Api, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold install: the packument, then its tarballs, long after the parsed document
+    left memory. The tarball URL and integrity the packument offered are enough."""
+    connector = connect(api, FIRST_URL, ttl=300)
+    upstream.first.packages.add("cold", "1.0.0")
+    upstream.first.packages.add("cold", "1.1.0")
+    get(api, "cold", Accept=CORGI)
+    settle(api)  # the document lands in the store
+    reads = document_reads(api, monkeypatch)
+    for version in ("1.0.0", "1.1.0"):
+        fetched = api.get(tarball_path("cold", version))
+        assert fetched.content == upstream.first.packages.tarball_of("cold", version)
+    assert reads == []
+    assert len(upstream.first.tarball_requests("cold")) == 2
+    # A corrupt upstream tarball is still refused on this path: the integrity came along.
+    upstream.first.packages.add("cold", "1.2.0")
+    upstream.first.mode = Mode.CORRUPT
+    get(api, "cold")  # a full read: fetched anew, and offers 1.2.0
+    settle(api)
+    reads.clear()
+    upstream.first.packages.remove("cold")  # what the tarball path needs was offered
+    good = upstream.first.packages.tarball_of("cold", "1.2.0")
+    bad = stream(api, tarball_path("cold", "1.2.0"))
+    assert not (bad.status == 200 and bad.completed and bad.error is None), bad
+    assert len(bad.body) < len(good), "the client got every byte of the corrupt tarball"
+    assert reads == []
+    assert len(upstream.first.tarball_requests("cold")) == 3
+    assert stored_tarball(api, connector, "cold", "1.2.0") is None
+
+
+def test_an_install_asks_for_the_abbreviated_document_and_a_full_read_for_the_full_one(
+    api: Api, upstream: Upstream, clock: Clock
+) -> None:
+    connect(api, FIRST_URL, ttl=300)
+    packages = upstream.first.packages
+    packages.add("short", "1.0.0", dependencies={"dep": "^1.0.0"})
+    short = get(api, "short", Accept=CORGI)
+    assert short.status_code == 200, short.text
+    assert short.headers["content-type"].startswith("application/vnd.npm.install-v1+json")
+    manifest = short.json()["versions"]["1.0.0"]
+    assert manifest["dependencies"] == {"dep": "^1.0.0"}
+    assert manifest["dist"]["tarball"] == "http://testserver" + tarball_path("short", "1.0.0")
+    assert (
+        short.json()["modified"]
+        == orjson.loads(packages.packument("short") or b"")["time"]["modified"]
+    )
+    requests = upstream.first.packument_requests("short")
+    assert (
+        len(requests) == 1
+        and "application/vnd.npm.install-v1+json" in requests[0].headers["accept"]
+    )
+    assert api.get(tarball_path("short", "1.0.0")).status_code == 200
+
+    # npm view, the web UI: the full document, which the abbreviated copy cannot give.
+    full = doc_of(api, "short")
+    assert full["versions"]["1.0.0"]["description"] == "short from the scripted upstream"
+    assert set(full["time"]) >= {"created", "modified", "1.0.0"}
+    requests = upstream.first.packument_requests("short")
+    assert len(requests) == 2
+    assert requests[1].headers["accept"] == "application/json"
+    assert "if-none-match" not in requests[1].headers  # that tag was the abbreviated one's
+
+    # The full copy answers installs too, and is revalidated as a full copy.
+    clock.advance(61)
+    assert get(api, "short", Accept=CORGI).json()["versions"]["1.0.0"]["dependencies"] == {
+        "dep": "^1.0.0"
+    }
+    assert len(upstream.first.packument_requests("short")) == 2
+    clock.advance(300)
+    get(api, "short", Accept=CORGI)
+    settle(api)
+    requests = upstream.first.packument_requests("short")
+    assert len(requests) == 3
+    assert requests[2].headers["accept"] == "application/json"
+    assert requests[2].headers["if-none-match"] == packages.etag(packages.packument("short") or b"")
+
+
+def test_a_full_read_with_only_an_abbreviated_copy_and_the_upstream_down_is_served_stale(
+    api: Api, upstream: Upstream, clock: Clock
+) -> None:
+    connect(api, FIRST_URL, name="flaky", ttl=300)
+    upstream.first.packages.add("kept-short", "1.0.0")
+    assert get(api, "kept-short", Accept=CORGI).status_code == 200
+    upstream.first.mode = Mode.ERROR
+    full = get(api, "kept-short")
+    assert full.status_code == 200, full.text
+    assert "flaky" in full.headers["x-entrepot-stale"]
+    assert set(full.json()["versions"]) == {"1.0.0"}
+    assert api.get(tarball_path("kept-short", "1.0.0")).status_code == 502  # never fetched
+
+    # Once that failed, the next full read does not wait for the upstream: the copy at
+    # once, and one more try in the background, which brings the full document.
+    gate = asyncio.Event()
+    upstream.first.gate = gate
+    clock.advance(6)  # a stale answer is kept for 5 s
+    again = get(api, "kept-short")
+    assert again.status_code == 200 and "flaky" in again.headers["x-entrepot-stale"]
+    upstream.first.mode = Mode.NORMAL
+    gate.set()
+    settle(api)
+    upstream.first.gate = None
+    clock.advance(6)
+    assert doc_of(api, "kept-short")["versions"]["1.0.0"]["description"] == (
+        "kept-short from the scripted upstream"
+    )
+
+
+def test_a_connector_with_a_minimum_age_asks_for_full_documents(
+    api: Api, upstream: Upstream
+) -> None:
+    """Publish times are in the full document only."""
+    connect(api, FIRST_URL, min_age_hours=24)
+    upstream.first.packages.add("aged", "1.0.0", published=hours_ago(48))
+    upstream.first.packages.add("aged", "1.1.0", published=hours_ago(1))
+    response = get(api, "aged", Accept=CORGI)
+    assert set(response.json()["versions"]) == {"1.0.0"}
+    requests = upstream.first.packument_requests("aged")
+    assert [r.headers["accept"] for r in requests] == ["application/json"]
+
+
+def test_an_upstream_that_ignores_the_accept_header_gives_a_full_copy(
+    api: Api, upstream: Upstream
+) -> None:
+    connect(api, FIRST_URL)
+    upstream.first.packages.abbreviates = False
+    upstream.first.packages.add("plain", "1.0.0")
+    assert get(api, "plain", Accept=CORGI).status_code == 200
+    settle(api)
+    full = doc_of(api, "plain")
+    assert full["versions"]["1.0.0"]["description"] == "plain from the scripted upstream"
+    assert len(upstream.first.packument_requests("plain")) == 1
+
+
 def test_a_304_answer_keeps_the_cached_copy(api: Api, upstream: Upstream, clock: Clock) -> None:
     connect(api, FIRST_URL, ttl=100)
     upstream.first.packages.add("nm-pkg", "1.0.0")

@@ -108,6 +108,9 @@ class UpstreamPackages:
         self._docs: dict[str, dict[str, Any]] = {}
         self._tarballs: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        #: Answer ``Accept: application/vnd.npm.install-v1+json`` with the abbreviated
+        #: document, as the public registry does (False: always the full one).
+        self.abbreviates = True
 
     def tarball_path(self, name: str, version: str) -> str:
         return f"{self.base_path}/{name}/-/{name.rsplit('/', 1)[-1]}-{version}.tgz"
@@ -171,6 +174,25 @@ class UpstreamPackages:
             doc = self._docs.get(name)
             return None if doc is None else json.dumps(doc).encode()
 
+    def abbreviated(self, name: str) -> bytes | None:
+        """The abbreviated ("corgi") packument: no times, no descriptions, per version only
+        what installing needs."""
+        with self._lock:
+            doc = self._docs.get(name)
+            if doc is None:
+                return None
+            versions = {
+                version: {k: v for k, v in manifest.items() if k in CORGI_FIELDS}
+                for version, manifest in doc["versions"].items()
+            }
+            short = {
+                "name": name,
+                "modified": doc["time"]["modified"],
+                "dist-tags": doc["dist-tags"],
+                "versions": versions,
+            }
+            return json.dumps(short).encode()
+
     def tarball(self, path: str) -> bytes | None:
         with self._lock:
             return self._tarballs.get(path)
@@ -197,6 +219,11 @@ class UpstreamPackages:
 
 Reply = tuple[int, dict[str, str], bytes]
 
+CORGI = "application/vnd.npm.install-v1+json"
+#: What the public registry keeps of a version in an abbreviated packument (those the
+#: scripted manifests can have).
+CORGI_FIELDS = ("name", "version", "dependencies", "dist", "deprecated", "bin", "engines")
+
 
 def scripted_reply(
     packages: UpstreamPackages,
@@ -221,13 +248,15 @@ def scripted_reply(
         return 200, {"Content-Type": "application/json"}, json.dumps(audit_answer).encode()
     name = packages.name_of(path)
     if name is not None:
-        doc = packages.packument(name)
+        short = packages.abbreviates and CORGI in headers.get("accept", "")
+        doc = packages.abbreviated(name) if short else packages.packument(name)
         if doc is None:
             return not_found
         etag = packages.etag(doc)
         if headers.get("if-none-match") == etag:
             return 304, {"ETag": etag}, b""
-        return 200, {"ETag": etag, "Content-Type": "application/json"}, doc
+        kind = CORGI if short else "application/json"
+        return 200, {"ETag": etag, "Content-Type": kind}, doc
     data = packages.tarball(urllib.parse.unquote(path.split("?", 1)[0]))
     if data is None:
         return not_found

@@ -133,7 +133,8 @@ def abbreviated_document(package: Package, feed_base: str) -> dict[str, Any]:
 
 
 def abbreviate(doc: dict[str, Any]) -> dict[str, Any]:
-    """The abbreviated form of a full packument document (from an upstream)."""
+    """The abbreviated form of a packument document from an upstream (full, or already
+    abbreviated)."""
     versions: dict[str, Any] = {}
     for version, manifest in (doc.get("versions") or {}).items():
         if isinstance(manifest, dict):
@@ -141,7 +142,7 @@ def abbreviate(doc: dict[str, Any]) -> dict[str, Any]:
             entry["dist"] = manifest.get("dist") or {}
             versions[version] = entry
     times = doc.get("time")
-    modified = times.get("modified") if isinstance(times, dict) else None
+    modified = times.get("modified") if isinstance(times, dict) else doc.get("modified")
     return {
         "name": doc.get("name"),
         "modified": modified,
