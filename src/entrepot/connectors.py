@@ -196,8 +196,12 @@ class Upstreams:
         credentials: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         verify: str | bool = True,
+        shared: bool = True,
     ) -> None:
         self.meta = meta
+        #: Whether other processes may use the same store (server workers, other servers):
+        #: only then are fetches coalesced across processes, which costs two writes each.
+        self.shared = shared
         self.blobs = blobs
         self._client = client
         self._client_options: dict[str, Any] = {"timeout": timeout, "verify": verify}
@@ -444,13 +448,14 @@ class Upstreams:
     async def _fetch(
         self, connector: Connector, name: str, cached: UpstreamDoc | None, abbreviated: bool
     ) -> UpstreamDoc | None:
-        """One upstream request for the name, coalesced across processes with a lease: the
-        holder fetches, the others wait for its answer to land in the shared cache."""
+        """One upstream request for the name. Where other processes share the store, it is
+        coalesced across them with a lease: the holder fetches, the others wait for its
+        answer to land in the shared cache."""
         lease = f"doc:{connector.id}:{name}"
         started = time.time()
         deadline = time.monotonic() + self._timeout + 5
         holding = False
-        while True:
+        while self.shared:
             # Another process may have refreshed it meanwhile.
             stored = await self.meta.get_upstream_doc(connector.id, name)
             if stored is not None and stored.abbreviated and not abbreviated:
@@ -473,16 +478,17 @@ class Upstreams:
             if time.monotonic() > deadline:
                 break  # the holder is stuck; ask ourselves
             await asyncio.sleep(0.05)
+        held = lease if holding else None
         try:
             doc, parsed = await self._request(connector, name, cached, abbreviated)
         except BaseException:
-            await self.meta.release_lease(lease, self._holder)
+            await self._release(held)
             raise
         if parsed is None:
             try:
                 await self.meta.put_upstream_doc(connector.id, name, doc)
             finally:
-                await self.meta.release_lease(lease, self._holder)
+                await self._release(held)
             self._memory.drop((connector.id, name))
             return doc
         # A new document: this process reads it from memory at once, so the request that
@@ -490,13 +496,17 @@ class Upstreams:
         # the shared cache, and the lease is held until the document lands there.
         self._memory.put((connector.id, name), (doc, parsed))
         self._unstored[(connector.id, name)] = doc
-        task = asyncio.create_task(self._store_doc(connector, name, doc, lease))
+        task = asyncio.create_task(self._store_doc(connector, name, doc, held))
         self._storing.add(task)
         task.add_done_callback(self._storing.discard)
         return doc
 
+    async def _release(self, lease: str | None) -> None:
+        if lease is not None:
+            await self.meta.release_lease(lease, self._holder)
+
     async def _store_doc(
-        self, connector: Connector, name: str, doc: UpstreamDoc, lease: str
+        self, connector: Connector, name: str, doc: UpstreamDoc, lease: str | None
     ) -> None:
         try:
             await self.meta.put_upstream_doc(connector.id, name, doc)
@@ -507,7 +517,7 @@ class Upstreams:
             if self._unstored.get(key) is doc:
                 del self._unstored[key]
             with contextlib.suppress(Exception):
-                await self.meta.release_lease(lease, self._holder)
+                await self._release(lease)
 
     async def _request(
         self, connector: Connector, name: str, cached: UpstreamDoc | None, abbreviated: bool

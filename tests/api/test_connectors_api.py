@@ -596,6 +596,33 @@ def test_an_upstream_that_ignores_the_accept_header_gives_a_full_copy(
     assert len(upstream.first.packument_requests("plain")) == 1
 
 
+@pytest.mark.parametrize(("workers", "leases"), [(1, 0), (2, 1)])
+def test_fetches_are_coalesced_across_processes_only_where_processes_share_the_store(
+    make_connected: ConnectedFactory,
+    upstream: Upstream,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    leases: int,
+) -> None:
+    """A lease costs two writes per fetch: a lone process on the embedded store skips it."""
+    api = make_connected(workers=workers)
+    connect(api, FIRST_URL)
+    upstream.first.packages.add("leased", "1.0.0")
+    taken: list[str] = []
+    store = api.app.meta
+    real = store.acquire_lease
+
+    async def counted(key: str, holder: str, seconds: float) -> bool:
+        taken.append(key)
+        return await real(key, holder, seconds)
+
+    monkeypatch.setattr(store, "acquire_lease", counted)
+    assert set(doc_of(api, "leased")["versions"]) == {"1.0.0"}
+    settle(api)
+    assert len(taken) == leases
+    assert len(upstream.first.packument_requests("leased")) == 1
+
+
 def test_a_304_answer_keeps_the_cached_copy(api: Api, upstream: Upstream, clock: Clock) -> None:
     connect(api, FIRST_URL, ttl=100)
     upstream.first.packages.add("nm-pkg", "1.0.0")

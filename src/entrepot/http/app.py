@@ -831,6 +831,9 @@ def create_app(
         credentials={**(environ or {}), **settings.credentials},
         timeout=settings.upstream_timeout,
         verify=settings.ca_bundle or True,
+        # One process on the embedded store has nobody to coalesce fetches with (another
+        # process on the same folder, say `entrepot mirror`, at worst fetches a name twice).
+        shared=settings.workers > 1 or not settings.resolved_database_url.startswith("sqlite:"),
     )
     upstreams.own_ports = {settings.port}
     return EntrepotApp(settings, meta, blobs, upstreams)
