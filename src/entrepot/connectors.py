@@ -36,6 +36,7 @@ from entrepot.lru import SizedLRU
 from entrepot.netguard import check_upstream
 from entrepot.npm import semver
 from entrepot.storage.base import BlobStore, Connector, Feed, MetadataStore, UpstreamDoc
+from entrepot.upstream_http import transport_for
 
 log = logging.getLogger("entrepot.connectors")
 
@@ -244,6 +245,7 @@ class Upstreams:
                 # Redirects are followed, so every hop goes through the SSRF guard.
                 event_hooks={"request": [self._guard_hop]},
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                transport=transport_for(self._client_options["verify"], max_connections=64),
                 **self._client_options,
             )
         return self._client

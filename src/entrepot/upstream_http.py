@@ -1,0 +1,149 @@
+"""The transport under the connectors' HTTP client: httpx's API over aiohttp's connections.
+
+httpx (redirects with a guard on every hop, proxies from the environment, timeouts, content
+decoding, and ``httpx.MockTransport`` in the tests) stays the client the connectors use;
+only the wire underneath is aiohttp's, whose HTTP/1.1 parser is compiled. On a cold install
+httpx's own pool (httpcore over h11, pure Python) cost about 1 ms of CPU per upstream
+request; this transport about a quarter of that (see docs/decisions.md).
+
+aiohttp here neither follows redirects (httpx does, so the SSRF guard sees every hop) nor
+decodes bodies (httpx does, from the headers it gets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import httpx
+
+#: How much of a body is handed on at a time.
+CHUNK = 64 * 1024
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """One aiohttp session (made in the running loop at the first request), with at most
+    ``max_connections`` connections, kept alive ``keepalive`` seconds."""
+
+    def __init__(
+        self,
+        *,
+        verify: ssl.SSLContext,
+        max_connections: int = 64,
+        keepalive: float = 15.0,
+    ) -> None:
+        self._ssl = verify
+        self._max_connections = max_connections
+        self._keepalive = keepalive
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                keepalive_timeout=self._keepalive,
+                ssl=self._ssl,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Accept"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            # aiohttp sends a GET again once when the connection drops; httpx's pool did
+            # not, and a connector's miss is one upstream request (the single flight's
+            # promise, and what a failing upstream should see). No public switch exists.
+            self._session._retry_connection = False
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=timeouts.get("pool"),
+            sock_connect=timeouts.get("connect"),
+            sock_read=timeouts.get("read"),
+        )
+        body = await request.aread()
+        sent = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        try:
+            response = await self._open().request(
+                request.method,
+                str(request.url),
+                headers=sent,
+                data=body or None,
+                allow_redirects=False,
+                timeout=timeout,
+            )
+        except BaseException as exc:
+            translated = _translate(exc, request, connecting=True)
+            if translated is exc:
+                raise
+            raise translated from exc
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
+        return httpx.Response(
+            response.status,
+            headers=headers,
+            stream=_Body(response, request),
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode("ascii", "replace"),
+            },
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_chunked(CHUNK):
+                yield chunk
+        except BaseException as exc:
+            translated = _translate(exc, self._request, connecting=False)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+def _translate(exc: BaseException, request: httpx.Request, *, connecting: bool) -> BaseException:
+    """aiohttp's failures as the httpx exceptions the connectors handle."""
+    kind: type[httpx.TransportError]
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        kind = httpx.ConnectTimeout
+    elif isinstance(exc, aiohttp.SocketTimeoutError):
+        kind = httpx.ReadTimeout
+    elif isinstance(exc, asyncio.TimeoutError):
+        kind = httpx.ConnectTimeout if connecting else httpx.ReadTimeout
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        kind = httpx.ConnectError
+    elif isinstance(
+        exc,
+        aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError,
+    ):
+        kind = httpx.RemoteProtocolError
+    elif isinstance(exc, aiohttp.ClientError | OSError):
+        kind = httpx.ConnectError if connecting else httpx.ReadError
+    else:
+        return exc  # cancellation and the like go through as they are
+    return kind(f"{type(exc).__name__}: {exc}", request=request)
+
+
+def transport_for(verify: str | bool, **options: Any) -> AiohttpTransport:
+    """The transport with the TLS settings httpx would use (certifi's CAs, or a bundle;
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment)."""
+    context = httpx.create_ssl_context(verify=verify, trust_env=True)
+    return AiohttpTransport(verify=context, **options)

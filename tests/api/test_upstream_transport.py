@@ -1,0 +1,144 @@
+"""The connectors' HTTP transport (httpx over aiohttp's connections) against the scripted
+upstream on loopback: what it sends, what it hands back, and how each failure reaches the
+connectors (as the httpx exception they handle)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import httpx
+import pytest
+from tests.e2e.upstream import Mode, ScriptedUpstream
+
+from entrepot.upstream_http import transport_for
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def upstream() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream() as scripted:
+        yield scripted
+
+
+def with_client(work: Callable[[httpx.AsyncClient], Awaitable[T]], timeout: float = 5.0) -> T:
+    async def run() -> T:
+        client = httpx.AsyncClient(
+            transport=transport_for(True), follow_redirects=True, timeout=timeout
+        )
+        async with client:
+            return await work(client)
+
+    return asyncio.run(run())
+
+
+def test_a_get_sends_the_headers_and_hands_back_status_headers_and_body(
+    upstream: ScriptedUpstream,
+) -> None:
+    upstream.packages.add("sent", "1.0.0")
+    corgi = "application/vnd.npm.install-v1+json"
+
+    async def work(client: httpx.AsyncClient) -> list[httpx.Response]:
+        short = await client.get(f"{upstream.url}/sent", headers={"Accept": corgi})
+        full = await client.get(f"{upstream.url}/sent", headers={"If-None-Match": '"x"'})
+        missing = await client.get(f"{upstream.url}/not-there")
+        return [short, full, missing]
+
+    short, full, missing = with_client(work)
+    assert short.status_code == 200
+    assert short.headers["content-type"] == corgi
+    assert short.content == upstream.packages.abbreviated("sent")
+    assert full.status_code == 200 and full.content == upstream.packages.packument("sent")
+    assert full.headers["etag"] == upstream.packages.etag(full.content)
+    assert missing.status_code == 404 and missing.json() == {"error": "Not found"}
+    first, second = upstream.packument_requests("sent")
+    assert first.headers["accept"] == corgi
+    assert second.headers["if-none-match"] == '"x"'
+    assert "gzip" in first.headers["accept-encoding"]
+
+
+def test_a_streamed_tarball_arrives_whole_in_chunks(upstream: ScriptedUpstream) -> None:
+    upstream.packages.add("big", "1.0.0")
+    data = upstream.packages.tarball_of("big", "1.0.0")
+    url = upstream.url + upstream.packages.tarball_path("big", "1.0.0")
+
+    async def work(client: httpx.AsyncClient) -> tuple[int, bytes]:
+        async with client.stream("GET", url) as response:
+            return response.status_code, b"".join([c async for c in response.aiter_bytes()])
+
+    assert with_client(work) == (200, data)
+
+
+def test_a_gzip_body_is_decoded_by_httpx() -> None:
+    """aiohttp hands the body on as sent; httpx decodes it from Content-Encoding."""
+    body = b'{"name":"zipped"}' * 100
+    packed = gzip.compress(body)
+
+    async def work(client: httpx.AsyncClient) -> httpx.Response:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed
+            )
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await client.get(f"http://127.0.0.1:{port}/zipped")
+
+    response = with_client(work)
+    assert response.status_code == 200 and response.content == body
+
+
+def test_a_post_sends_its_body(upstream: ScriptedUpstream) -> None:
+    async def work(client: httpx.AsyncClient) -> int:
+        response = await client.post(f"{upstream.url}/-/npm/v1/security/audits/quick", json={})
+        return response.status_code
+
+    assert with_client(work) == 404
+    (posted,) = [r for r in upstream.requests if r.method == "POST"]
+    assert posted.json == {}
+
+
+def test_a_refused_connection_is_a_connect_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: refused
+
+        async def work(client: httpx.AsyncClient) -> None:
+            await client.get(f"http://127.0.0.1:{port}/anything")
+
+        with pytest.raises(httpx.ConnectError):
+            with_client(work)
+
+
+def test_a_dropped_connection_is_a_protocol_error_after_one_request(
+    upstream: ScriptedUpstream,
+) -> None:
+    upstream.packages.add("dropped", "1.0.0")
+    upstream.set(Mode.DROP)
+
+    async def work(client: httpx.AsyncClient) -> None:
+        await client.get(f"{upstream.url}/dropped")
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        with_client(work)
+    assert len(upstream.packument_requests("dropped")) == 1  # not sent again
+
+
+def test_a_slow_answer_is_a_read_timeout(upstream: ScriptedUpstream) -> None:
+    upstream.packages.add("slow", "1.0.0")
+    upstream.set(Mode.SLOW, delay=3)
+
+    async def work(client: httpx.AsyncClient) -> None:
+        await client.get(f"{upstream.url}/slow")
+
+    with pytest.raises(httpx.ReadTimeout):
+        with_client(work, timeout=0.5)
