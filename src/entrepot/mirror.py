@@ -67,7 +67,7 @@ async def _fetch(registry: Registry, feed: Feed, item: Locked) -> str:
         raise NotFound(f"feed {feed.name!r} has no connectors to mirror from")
     # The full document, not the abbreviated one an install asks for: the offline site then
     # answers `npm view` and installs without a lockfile too.
-    await upstreams.find(feed, item.name)
+    await registry.prefetch_full(feed, item.name)
     filename = f"{item.name.rpartition('/')[2]}-{item.version}.tgz"
     ref = await registry.tarball(feed, item.name, filename)
     if ref.stream is None:

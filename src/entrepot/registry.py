@@ -413,6 +413,15 @@ class Registry:
             return None
         return await self.upstreams.find(feed, name, depth=depth, abbreviated=abbreviated)
 
+    async def prefetch_full(self, feed: Feed, name: str) -> None:
+        """Bring the connectors' full document for a name into their cache (``entrepot
+        mirror``), unless the feed serves that name from its own packages only."""
+        if await self.meta.package_seq(feed.id, name) is not None and not (
+            await self._merges_upstream(feed, name)
+        ):
+            return
+        await self._upstream(feed, name)
+
     async def _reads_upstream(self, feed: Feed, name: str) -> bool:
         _, scopes, patterns = await self._local_scopes(feed)
         scope = name.split("/", 1)[0] if name.startswith("@") else None

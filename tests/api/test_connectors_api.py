@@ -34,6 +34,8 @@ from entrepot import connectors, registry
 from entrepot.admin import Admin
 from entrepot.http import app as http_app
 from entrepot.http.app import EMPTY_QUICK_AUDIT, create_app
+from entrepot.lockfiles import Locked
+from entrepot.mirror import mirror
 from entrepot.settings import load_settings
 from entrepot.storage.base import Connector
 
@@ -621,6 +623,50 @@ def test_fetches_are_coalesced_across_processes_only_where_processes_share_the_s
     settle(api)
     assert len(taken) == leases
     assert len(upstream.first.packument_requests("leased")) == 1
+
+
+def test_mirror_pulls_full_documents_and_tarballs_and_never_asks_for_local_names(
+    api: Api, upstream: Upstream
+) -> None:
+    """``entrepot mirror``: after it, the feed answers installs and ``npm view`` alone."""
+    connect(api, FIRST_URL, ttl=3600)
+    packages = upstream.first.packages
+    packages.add("pinned", "1.0.0", dependencies={"dep": "^2.0.0"})
+    packages.add("dep", "2.0.0")
+    packages.add("@corp/mine", "9.0.0")  # a local scope: must never be asked for
+    packages.add("internal-lib", "1.0.0")  # a local name with another version upstream
+    api.publish("@corp/mine", "1.0.0")
+    api.publish("internal-lib", "2.0.0")
+    locked = [
+        Locked("pinned", "1.0.0", None),
+        Locked("dep", "2.0.0", None),
+        Locked("@corp/mine", "1.0.0", None),
+        Locked("internal-lib", "1.0.0", None),
+        Locked("gone", "1.0.0", None),
+    ]
+    feed = api.run(api.app.registry.known_feed("main"))
+    report = api.run(mirror(api.app.registry, feed, locked))
+    settle(api)
+    assert sorted(report.fetched) == ["dep@2.0.0", "pinned@1.0.0"]
+    assert report.local == ["@corp/mine@1.0.0"]
+    assert sorted(spec for spec, _ in report.failed) == ["gone@1.0.0", "internal-lib@1.0.0"]
+    assert upstream.first.packument_requests("@corp/mine") == []
+    assert upstream.first.packument_requests("internal-lib") == []
+    for name in ("pinned", "dep"):
+        assert [r.headers["accept"] for r in upstream.first.packument_requests(name)] == [
+            "application/json"
+        ]
+
+    upstream.first.mode = Mode.ERROR  # offline from here on
+    full = doc_of(api, "pinned")
+    assert full["versions"]["1.0.0"]["description"] == "pinned from the scripted upstream"
+    assert get(api, "dep", Accept=CORGI).status_code == 200
+    for name, version in (("pinned", "1.0.0"), ("dep", "2.0.0")):
+        tarball = api.get(tarball_path(name, version))
+        assert tarball.content == packages.tarball_of(name, version)
+    again = api.run(mirror(api.app.registry, feed, locked[:2]))
+    assert sorted(again.cached) == ["dep@2.0.0", "pinned@1.0.0"]
+    assert len(upstream.first.packument_requests("pinned")) == 1
 
 
 def test_a_304_answer_keeps_the_cached_copy(api: Api, upstream: Upstream, clock: Clock) -> None:
