@@ -26,14 +26,15 @@ CHUNK = 64 * 1024
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (made in the running loop at the first request), with at most
-    ``max_connections`` connections, kept alive ``keepalive`` seconds."""
+    ``max_connections`` connections, each kept ``keepalive`` seconds after its last answer
+    (below the 5 s after which Node.js servers, Verdaccio's among them, close idle ones)."""
 
     def __init__(
         self,
         *,
         verify: ssl.SSLContext,
         max_connections: int = 64,
-        keepalive: float = 15.0,
+        keepalive: float = 4.0,
     ) -> None:
         self._ssl = verify
         self._max_connections = max_connections

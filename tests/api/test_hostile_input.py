@@ -645,6 +645,7 @@ def connected(tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch) -> It
     class StubbedClient(httpx.AsyncClient):
         def __init__(self, **options: Any) -> None:
             options.pop("verify", None)
+            options.pop("transport", None)  # the stub's transport instead of aiohttp's
             options["trust_env"] = False  # no proxy from the environment around the stub
             super().__init__(transport=httpx.MockTransport(stub.handle), **options)
 

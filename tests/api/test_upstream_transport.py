@@ -18,6 +18,9 @@ from entrepot.upstream_http import transport_for
 
 T = TypeVar("T")
 
+#: The end of an empty answer from a server that closes the connection after it.
+CLOSING = b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+
 
 @pytest.fixture
 def upstream() -> Iterator[ScriptedUpstream]:
@@ -83,7 +86,8 @@ def test_a_gzip_body_is_decoded_by_httpx() -> None:
             await reader.readuntil(b"\r\n\r\n")
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed
+                b"Content-Encoding: gzip\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(packed) + packed
             )
             await writer.drain()
             writer.close()
@@ -142,3 +146,31 @@ def test_a_slow_answer_is_a_read_timeout(upstream: ScriptedUpstream) -> None:
 
     with pytest.raises(httpx.ReadTimeout):
         with_client(work, timeout=0.5)
+
+
+def test_redirects_come_back_to_httpx_which_shows_every_hop_to_its_hooks() -> None:
+    """The SSRF guard is an httpx request hook: it must see the redirect's target."""
+    hops: list[str] = []
+
+    async def work(client: httpx.AsyncClient) -> httpx.Response:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET /moved "):
+                writer.write(b"HTTP/1.1 302 Found\r\nLocation: /here\r\n" + CLOSING)
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        async def record(request: httpx.Request) -> None:
+            hops.append(request.url.path)
+
+        client.event_hooks["request"] = [record]
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await client.get(f"http://127.0.0.1:{port}/moved")
+
+    response = with_client(work)
+    assert response.status_code == 200 and response.content == b"ok"
+    assert hops == ["/moved", "/here"]
