@@ -997,6 +997,14 @@ def shared_stores() -> Iterator[SharedStores]:
         yield SharedStores(stack, functools.partial(blob_url, s3))
 
 
+#: The entrepot command to run; None: this checkout's (bench/cold_ab.py sets others).
+ENTREPOT: str | None = None
+
+
+def entrepot() -> str:
+    return ENTREPOT or entrepot_command()
+
+
 def entrepot_where(data: Path) -> list[str]:
     """The arguments that name a store: ``--data-dir`` or a config for PostgreSQL + S3."""
     return ["--data-dir", str(data)] if SHARED is None else SHARED.where(data)
@@ -1004,7 +1012,7 @@ def entrepot_where(data: Path) -> list[str]:
 
 def start_entrepot(label: str, data: Path, feed: str = "main", *, embedded: bool = False) -> Server:
     where = ["--data-dir", str(data)] if embedded else entrepot_where(data)
-    cmd = [entrepot_command(), "serve", *where, "--host", LOOPBACK, "--port", "0"]
+    cmd = [entrepot(), "serve", *where, "--host", LOOPBACK, "--port", "0"]
     server = start(label, cmd, LOGS / f"{re.sub(r'[^A-Za-z0-9]+', '-', label)}.log")
     deadline = time.monotonic() + 60
     pattern = re.compile(rb"listening on (http://\S+)")
@@ -1026,7 +1034,7 @@ def start_entrepot(label: str, data: Path, feed: str = "main", *, embedded: bool
 
 
 def entrepot_admin(server: Server, *args: str) -> str:
-    return run([entrepot_command(), *json.loads(server.extra["where"]), *args])
+    return run([entrepot(), *json.loads(server.extra["where"]), *args])
 
 
 def entrepot_with_connector(label: str, data: Path, upstream: str) -> Server:
