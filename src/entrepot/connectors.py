@@ -72,8 +72,6 @@ class Found:
     connector: Connector
     fetched: float
     stale: bool
-    #: The document is the upstream's abbreviated form (see ``find``).
-    abbreviated: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,7 +417,7 @@ class Upstreams:
         else:
             parsed = orjson.loads(doc.body)
             self._memory.put(key, (doc, parsed))
-        return Found(parsed, connector, doc.fetched, stale, doc.abbreviated)
+        return Found(parsed, connector, doc.fetched, stale)
 
     def _single_flight(
         self, connector: Connector, name: str, cached: UpstreamDoc | None, abbreviated: bool
