@@ -35,6 +35,7 @@ from entrepot.errors import BadRequest, NotFound, RegistryError
 from entrepot.lru import SizedLRU
 from entrepot.netguard import check_upstream
 from entrepot.npm import semver
+from entrepot.npm.packument import CORGI
 from entrepot.storage.base import BlobStore, Connector, Feed, MetadataStore, UpstreamDoc
 from entrepot.upstream_http import transport_for
 
@@ -45,9 +46,10 @@ NOT_FOUND_TTL = 60.0
 #: Largest upstream packument accepted (the biggest public ones are tens of MB).
 MAX_DOC_BYTES = 200 * 1024 * 1024
 FEED_PREFIX = "feed:"
-#: The abbreviated packument's media type, and what npm sends to ask for it.
-CORGI = "application/vnd.npm.install-v1+json"
+#: What npm sends to ask for the abbreviated packument.
 CORGI_ACCEPT = f"{CORGI}; q=1.0, application/json; q=0.8, */*"
+#: Connections to upstreams, all connectors together.
+MAX_CONNECTIONS = 64
 
 
 #: The request extension that names a request's connector, for the SSRF guard on redirects.
@@ -242,8 +244,9 @@ class Upstreams:
                 follow_redirects=True,
                 # Redirects are followed, so every hop goes through the SSRF guard.
                 event_hooks={"request": [self._guard_hop]},
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-                transport=transport_for(self._client_options["verify"], max_connections=64),
+                # The limits hold for proxied requests, which go through httpx's own pool.
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32),
+                transport=transport_for(self._client_options["verify"], MAX_CONNECTIONS),
                 **self._client_options,
             )
         return self._client

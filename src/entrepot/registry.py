@@ -49,6 +49,7 @@ from entrepot.npm.packument import (
     abbreviate,
     abbreviated_document,
     bare_name,
+    document_modified,
     full_document,
     parse_revision,
     revision,
@@ -365,9 +366,7 @@ class Registry:
             else:
                 found_doc = self._present(found.doc, name, feed_base, package)
             doc = abbreviate(found_doc) if abbreviated else found_doc
-            modified = str(
-                (found_doc.get("time") or {}).get("modified") or found_doc.get("modified") or ""
-            )
+            modified = str(document_modified(found_doc) or "")
             entry = _render(doc, modified, -1, seq)
             entry.source = source
             if found is not None and source is not None:
@@ -416,11 +415,14 @@ class Registry:
     async def prefetch_full(self, feed: Feed, name: str) -> None:
         """Bring the connectors' full document for a name into their cache (``entrepot
         mirror``), unless the feed serves that name from its own packages only."""
-        if await self.meta.package_seq(feed.id, name) is not None and not (
+        if not await self._local_only(feed, name):
+            await self._upstream(feed, name)
+
+    async def _local_only(self, feed: Feed, name: str) -> bool:
+        """Whether the feed holds the name and does not merge upstream versions into it."""
+        return await self.meta.package_seq(feed.id, name) is not None and not (
             await self._merges_upstream(feed, name)
-        ):
-            return
-        await self._upstream(feed, name)
+        )
 
     async def _reads_upstream(self, feed: Feed, name: str) -> bool:
         _, scopes, patterns = await self._local_scopes(feed)
@@ -504,7 +506,7 @@ class Registry:
                     return ref
                 if source is not None and source == await self._fresh_source(feed, name):
                     # The same upstream copy still offers it (see packument()).
-                    return self._keep_upstream_tarball(key, seq, ref, source, ttl=source[0].ttl)
+                    return self._upstream_tarball_ref(key, seq, ref, source, ttl=source[0].ttl)
             self._tarball_refs.drop(key)
         version = semver.clean(filename[len(prefix) : -len(".tgz")])
         found = await self.meta.find_version(feed.id, name, version) if version else None
@@ -515,9 +517,7 @@ class Registry:
         missing = NotFound(f"no tarball {filename[:200]!r} for {name} in feed {feed.name!r}")
         if version is None or self.upstreams is None:
             raise missing
-        if await self.meta.package_seq(feed.id, name) is not None and not (
-            await self._merges_upstream(feed, name)
-        ):
+        if await self._local_only(feed, name):
             raise missing
         offered = self._offered.get((feed.id, name))
         if offered is not None and version in offered[1]:
@@ -542,36 +542,23 @@ class Registry:
         self,
         key: tuple[int, str, str],
         seq: int,
-        result: StoredTarball | bytes | TarballStream,
+        result: StoredTarball | TarballRef | bytes | TarballStream,
         source: tuple[Connector, float] | None,
         *,
         ttl: int,
         stale: bool = False,
     ) -> TarballRef:
-        """The reference to hand out for what the connectors gave; a stored one is kept."""
-        if isinstance(result, StoredTarball):
-            return self._keep_upstream_tarball(key, seq, result, source, ttl=ttl, stale=stale)
+        """The reference to hand out for what the connectors gave. A stored tarball is kept:
+        served again without asking the connectors until its upstream copy needs
+        revalidating, as its packument is (5 s for a stale copy), while nothing is written
+        (a write may add a local version, change a connector or its filters)."""
         if isinstance(result, bytes):
             return TarballRef("", len(result), None, data=result)
-        return TarballRef("", result.size or 0, None, stream=result)
-
-    def _keep_upstream_tarball(
-        self,
-        key: tuple[int, str, str],
-        seq: int,
-        stored: StoredTarball | TarballRef,
-        source: tuple[Connector, float] | None,
-        *,
-        ttl: int,
-        stale: bool = False,
-    ) -> TarballRef:
-        """Serve a connector's stored tarball again without asking the connectors until its
-        upstream copy needs revalidating, as its packument does (5 s for a stale copy), while
-        nothing is written: a write may add a local version, change a connector or its
-        filters."""
+        if isinstance(result, TarballStream):
+            return TarballRef("", result.size or 0, None, stream=result)
         seconds = 5 if stale else min(ttl, 60)
         ref = TarballRef(
-            stored.blob_key, stored.size, stored.path, fresh_until=time.monotonic() + seconds
+            result.blob_key, result.size, result.path, fresh_until=time.monotonic() + seconds
         )
         self._tarball_refs.put(key, (seq, ref, source))
         return ref

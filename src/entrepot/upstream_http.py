@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import httpx
@@ -143,8 +142,8 @@ def _translate(exc: BaseException, request: httpx.Request, *, connecting: bool) 
     return kind(f"{type(exc).__name__}: {exc}", request=request)
 
 
-def transport_for(verify: str | bool, **options: Any) -> AiohttpTransport:
+def transport_for(verify: str | bool, max_connections: int) -> AiohttpTransport:
     """The transport with the TLS settings httpx would use (certifi's CAs, or a bundle;
     ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment)."""
     context = httpx.create_ssl_context(verify=verify, trust_env=True)
-    return AiohttpTransport(verify=context, **options)
+    return AiohttpTransport(verify=context, max_connections=max_connections)

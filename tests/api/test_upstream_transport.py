@@ -31,7 +31,7 @@ def upstream() -> Iterator[ScriptedUpstream]:
 def with_client(work: Callable[[httpx.AsyncClient], Awaitable[T]], timeout: float = 5.0) -> T:
     async def run() -> T:
         client = httpx.AsyncClient(
-            transport=transport_for(True), follow_redirects=True, timeout=timeout
+            transport=transport_for(True, 8), follow_redirects=True, timeout=timeout
         )
         async with client:
             return await work(client)

@@ -42,8 +42,9 @@ from entrepot.http.admin_api import AdminApi, Operations
 from entrepot.http.bodies import read_body, read_json
 from entrepot.http.metrics import Metrics
 from entrepot.http.paths import split_path, take_package_name
-from entrepot.http.responses import CORGI, JSON, error_response, json_response
+from entrepot.http.responses import JSON, error_response, json_response
 from entrepot.lru import SizedLRU
+from entrepot.npm.packument import CORGI
 from entrepot.registry import Registry, Rendered
 from entrepot.settings import Settings
 from entrepot.storage.base import (
@@ -55,6 +56,7 @@ from entrepot.storage.base import (
     seq_memo,
 )
 from entrepot.storage.open import open_local_stores, open_stores
+from entrepot.storage.sqlite import SQLiteMetadataStore
 from entrepot.web.ui import WebUI
 
 log = logging.getLogger("entrepot")
@@ -833,7 +835,7 @@ def create_app(
         verify=settings.ca_bundle or True,
         # One process on the embedded store has nobody to coalesce fetches with (another
         # process on the same folder, say `entrepot mirror`, at worst fetches a name twice).
-        shared=settings.workers > 1 or not settings.resolved_database_url.startswith("sqlite:"),
+        shared=settings.workers > 1 or not isinstance(meta, SQLiteMetadataStore),
     )
     upstreams.own_ports = {settings.port}
     return EntrepotApp(settings, meta, blobs, upstreams)

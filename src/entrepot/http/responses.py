@@ -11,7 +11,6 @@ from starlette.responses import Response
 from entrepot.errors import RegistryError
 
 JSON = "application/json"
-CORGI = "application/vnd.npm.install-v1+json"
 
 
 def json_response(

@@ -10,6 +10,9 @@ from typing import Any
 from entrepot.npm import semver
 from entrepot.storage.base import Package
 
+#: The abbreviated ("corgi") packument's media type: what installers ask for in ``Accept``.
+CORGI = "application/vnd.npm.install-v1+json"
+
 #: Fields of a version object kept in the abbreviated ("corgi") form, per npm's
 #: package-metadata doc, plus ``libc`` which pnpm and yarn 4 read.
 ABBREVIATED_FIELDS = (
@@ -132,6 +135,13 @@ def abbreviated_document(package: Package, feed_base: str) -> dict[str, Any]:
     }
 
 
+def document_modified(doc: dict[str, Any]) -> Any:
+    """When a packument document from an upstream last changed: ``time.modified`` in a full
+    one, ``modified`` in an abbreviated one (None if neither says)."""
+    times = doc.get("time")
+    return (times.get("modified") if isinstance(times, dict) else None) or doc.get("modified")
+
+
 def abbreviate(doc: dict[str, Any]) -> dict[str, Any]:
     """The abbreviated form of a packument document from an upstream (full, or already
     abbreviated)."""
@@ -141,11 +151,9 @@ def abbreviate(doc: dict[str, Any]) -> dict[str, Any]:
             entry = {k: manifest[k] for k in ABBREVIATED_FIELDS if k in manifest}
             entry["dist"] = manifest.get("dist") or {}
             versions[version] = entry
-    times = doc.get("time")
-    modified = times.get("modified") if isinstance(times, dict) else doc.get("modified")
     return {
         "name": doc.get("name"),
-        "modified": modified,
+        "modified": document_modified(doc),
         "dist-tags": doc.get("dist-tags") or {},
         "versions": versions,
     }
