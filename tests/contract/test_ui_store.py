@@ -120,7 +120,9 @@ def test_newest_packages_pages_by_last_change(
         assert [e["name"] for e in first + second] == ["a", "d", "b"]
         empty, total = await meta_store.newest_packages(feed.id, size=0, offset=0)
         assert (empty, total) == ([], 3)
-        # A deprecation is a change too.
+        # A deprecation is a change too (a millisecond later: times are kept to the ms, and
+        # two changes within one ms would tie).
+        await asyncio.sleep(0.002)
         package = await meta_store.get_package(feed.id, "b")
         assert package is not None
         manifest = {**package.versions["1.0.0"].manifest, "deprecated": "old"}
