@@ -8,6 +8,7 @@ before each upstream request, since a name can resolve differently later (DNS re
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from urllib.parse import urlsplit
@@ -54,3 +55,21 @@ def check_upstream(url: str, *, own_ports: set[int], allow_internal: bool) -> No
                 f"the connector URL points at {reason} ({address}); if that is intended, "
                 "an administrator can allow it with --allow-internal"
             )
+
+
+async def check_upstream_off_loop(url: str, *, own_ports: set[int], allow_internal: bool) -> None:
+    """:func:`check_upstream` for a request about to be sent from the event loop: a host
+    name is resolved in a worker thread (``getaddrinfo`` blocks, on a DNS miss for as long
+    as the resolver takes, and every request would hold the loop that long); an address
+    is checked at once."""
+    if allow_internal:
+        return
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        await asyncio.to_thread(
+            check_upstream, url, own_ports=own_ports, allow_internal=allow_internal
+        )
+        return
+    check_upstream(url, own_ports=own_ports, allow_internal=allow_internal)
