@@ -53,9 +53,11 @@ def test_delete_of_an_absent_blob_is_fine(blob_store: BlobStore, runner: asyncio
     runner.run(body())
 
 
-def test_put_is_idempotent(blob_store: BlobStore, runner: asyncio.Runner) -> None:
+@pytest.mark.parametrize("size", [10, 1024 * 1024 + 1], ids=["small", "over-1-MiB"])
+def test_put_is_idempotent(blob_store: BlobStore, runner: asyncio.Runner, size: int) -> None:
+    # Over 1 MiB the S3 store looks before it writes; under it, it writes again.
     async def body() -> None:
-        data = b"same bytes"
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
         key = key_of(data)
         await blob_store.put(key, data)
         await blob_store.put(key, data)

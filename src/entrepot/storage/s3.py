@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEFAULT_REGION = "us-east-1"
+#: Blobs larger than this are looked for (HEAD) before they are written; smaller ones are
+#: written again if they exist, which costs less than the round trip.
+HEAD_BEFORE_PUT = 1024 * 1024
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 # A request is retried a few times, then fails: a registry request should not hang for
@@ -223,7 +226,10 @@ class S3BlobStore:
 
     async def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        if await self._head(path) is not None:
+        # A key is the SHA-512 of its bytes, so writing an existing blob again changes
+        # nothing: only a large one is worth a HEAD first (a round trip, and for a new
+        # blob, the usual case, a not-found error raised and caught).
+        if len(data) > HEAD_BEFORE_PUT and await self._head(path) is not None:
             return
         await self._call(f"put of blob {key[:16]}...", obstore.put_async(self._store, path, data))
 
