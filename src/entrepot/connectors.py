@@ -19,13 +19,11 @@ import datetime as dt
 import fnmatch
 import hashlib
 import logging
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import httpx
@@ -33,7 +31,7 @@ import orjson
 
 from entrepot.errors import BadRequest, NotFound, RegistryError
 from entrepot.lru import SizedLRU
-from entrepot.netguard import check_upstream
+from entrepot.netguard import check_upstream_off_loop
 from entrepot.npm import semver
 from entrepot.npm.packument import CORGI
 from entrepot.storage.base import BlobStore, Connector, Feed, MetadataStore, UpstreamDoc
@@ -86,10 +84,10 @@ class StoredTarball:
     path: Path | None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Dist:
+class Dist(NamedTuple):
     """What fetching and checking a version's upstream tarball needs from its manifest,
-    kept apart so that a fetch need not hold (or parse again) the whole document."""
+    kept apart so that a fetch need not hold (or parse again) the whole document. A tuple:
+    a cold install makes one for every version of every document it renders."""
 
     tarball: str | None
     integrity: str | None
@@ -98,19 +96,20 @@ class Dist:
     @classmethod
     def of(cls, manifest: Mapping[str, Any]) -> Dist:
         dist = manifest.get("dist")
-        if not isinstance(dist, dict):
-            return cls(None, None, None)
-        fields = (dist.get("tarball"), dist.get("integrity"), dist.get("shasum"))
-        url, integrity, shasum = (f if isinstance(f, str) else None for f in fields)
-        return cls(url, integrity, shasum)
+        return cls.of_dist(dist) if isinstance(dist, dict) else NO_DIST
+
+    @classmethod
+    def of_dist(cls, dist: Mapping[str, Any]) -> Dist:
+        """From a manifest's ``dist`` object."""
+        url, integrity, shasum = dist.get("tarball"), dist.get("integrity"), dist.get("shasum")
+        return cls(
+            url if isinstance(url, str) else None,
+            integrity if isinstance(integrity, str) else None,
+            shasum if isinstance(shasum, str) else None,
+        )
 
 
-def dists(doc: Mapping[str, Any]) -> dict[str, Dist]:
-    """Every version's :class:`Dist` in a packument."""
-    versions = doc.get("versions")
-    if not isinstance(versions, dict):
-        return {}
-    return {v: Dist.of(m) for v, m in versions.items() if isinstance(m, dict)}
+NO_DIST = Dist(None, None, None)
 
 
 @dataclasses.dataclass
@@ -185,6 +184,28 @@ def filtered(doc: dict[str, Any], connector: Connector, now: float) -> dict[str,
     return out
 
 
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Nothing is kept."""
+
+
+_NO_COOKIES = _NoCookies()
+
+
+class UpstreamClient(httpx.AsyncClient):
+    """The connectors' HTTP client. It keeps no cookies, as npm keeps none: an upstream
+    registry needs none, and the cookie jar's work on every response took 4% of the event
+    loop in a cold install."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        """Nothing is kept."""
+
+
 class Upstreams:
     """The connectors of every feed, their cache, and the one HTTP client they share."""
 
@@ -204,12 +225,20 @@ class Upstreams:
         #: only then are fetches coalesced across processes, which costs two writes each.
         self.shared = shared
         self.blobs = blobs
+        if client is not None:
+            # Every hop of every request goes through the SSRF guard, whoever made the client.
+            hooks = client.event_hooks
+            client.event_hooks = {**hooks, "request": [*hooks["request"], self._guard_hop]}
         self._client = client
         self._client_options: dict[str, Any] = {"timeout": timeout, "verify": verify}
         self._credentials = dict(credentials or {})
         #: Requests in flight by (connector id, name, abbreviated).
         self._inflight: dict[tuple[int, str, bool], asyncio.Task[UpstreamDoc | None]] = {}
         self._tarballs_inflight: dict[tuple[int, str, str], asyncio.Event] = {}
+        #: Blobs this process wrote, or found, for a stored upstream tarball. Blobs never
+        #: change, and the store only deletes one that no tarball row names: while the row
+        #: is there, the blob is, and asking the store again (S3: a HEAD) can be skipped.
+        self._blobs_seen: SizedLRU[str, bool] = SizedLRU(lambda _: 1, max_bytes=100_000)
         #: Documents being written to the shared cache after their request was answered,
         #: and those documents by (connector id, name) until they land there.
         self._storing: set[asyncio.Task[None]] = set()
@@ -235,14 +264,17 @@ class Upstreams:
         )
         #: Set by the registry: the bytes of a tarball of another feed on this server.
         self.feed_tarball: Callable[[str, str, str, int], Awaitable[bytes]] | None = None
+        #: Set by the HTTP layer: told of each tarball kept (blob key, bytes), so that its
+        #: cache of small tarballs spares the next request a read from the store.
+        self.kept_tarball: Callable[[str, bytes], None] | None = None
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
+            self._client = UpstreamClient(
                 trust_env=True,  # HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE
                 follow_redirects=True,
-                # Redirects are followed, so every hop goes through the SSRF guard.
+                # Every hop, redirects included, goes through the SSRF guard.
                 event_hooks={"request": [self._guard_hop]},
                 # The limits hold for proxied requests, which go through httpx's own pool.
                 limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32),
@@ -282,13 +314,14 @@ class Upstreams:
         return {"Authorization": f"Bearer {secret}"}
 
     async def _guard_hop(self, request: httpx.Request) -> None:
+        """The SSRF guard, on every hop of every request (a request hook)."""
         connector = request.extensions.get(_CONNECTOR)
-        if isinstance(connector, Connector):
-            self._guard(connector, str(request.url))
-
-    def _guard(self, connector: Connector, url: str) -> None:
+        if not isinstance(connector, Connector):
+            return
         try:
-            check_upstream(url, own_ports=self.own_ports, allow_internal=connector.allow_internal)
+            await check_upstream_off_loop(
+                str(request.url), own_ports=self.own_ports, allow_internal=connector.allow_internal
+            )
         except BadRequest as exc:
             raise UpstreamUnavailable(f"connector {connector.name}: {exc.message}") from None
 
@@ -458,9 +491,13 @@ class Upstreams:
         started = time.time()
         deadline = time.monotonic() + self._timeout + 5
         holding = False
+        # Without a copy, the caller has just read the store and found none: the first
+        # look is under the lease.
+        look = cached is not None
         while self.shared:
             # Another process may have refreshed it meanwhile.
-            stored = await self.meta.get_upstream_doc(connector.id, name)
+            stored = await self.meta.get_upstream_doc(connector.id, name) if look else None
+            look = True
             if stored is not None and stored.abbreviated and not abbreviated:
                 stored = None  # not what this request needs
             if stored is not None and (cached is None or stored.fetched > cached.fetched):
@@ -527,7 +564,6 @@ class Upstreams:
     ) -> tuple[UpstreamDoc, dict[str, Any] | None]:
         """The upstream's answer, and the parsed document when it sent a new one."""
         url = f"{connector.url.rstrip('/')}/{quote(name, safe='@')}"
-        self._guard(connector, url)
         accept = CORGI_ACCEPT if abbreviated else "application/json"
         headers = {"Accept": accept, **self._auth_headers(connector)}
         if cached is not None and cached.status == 200 and cached.etag:
@@ -590,9 +626,15 @@ class Upstreams:
     ) -> StoredTarball | TarballStream:
         """A URL connector's tarball of a version whose manifest had ``dist``: stored, or
         fetched and stored on the way."""
-        stored = await self.stored_tarball(connector, name, version)
-        if stored is not None:
-            return stored
+        key = (connector.id, name, version)
+        while True:
+            stored = await self.stored_tarball(connector, name, version)
+            if stored is not None:
+                return stored
+            # Reading the store may have let another request start the same fetch (the
+            # PostgreSQL store yields while it reads): then wait for that one.
+            if key not in self._tarballs_inflight:
+                break
         url = dist.tarball
         if url is None or not url.startswith(("http://", "https://")):
             raise NotFound(f"{name}@{version} has no tarball URL upstream")
@@ -607,14 +649,18 @@ class Upstreams:
         if waiting is not None:
             await waiting.wait()
         cached = await self.meta.get_upstream_tarball(connector.id, name, version)
-        if cached is not None and await self.blobs.exists(cached[0]):
-            return StoredTarball(cached[0], cached[1], self.blobs.local_path(cached[0]))
-        return None
+        if cached is None:
+            return None
+        key = cached[0]
+        if self._blobs_seen.get(key) is None:
+            if not await self.blobs.exists(key):
+                return None
+            self._blobs_seen.put(key, True)
+        return StoredTarball(key, cached[1], self.blobs.local_path(key))
 
     async def _stream(
         self, connector: Connector, name: str, version: str, url: str, dist: Dist
     ) -> TarballStream:
-        self._guard(connector, url)
         key = (connector.id, name, version)
         done = asyncio.Event()
         self._tarballs_inflight[key] = done
@@ -668,22 +714,21 @@ class Upstreams:
         key: tuple[int, str, str],
         done: asyncio.Event,
     ) -> AsyncIterator[bytes]:
-        fd, tmp = tempfile.mkstemp(prefix="entrepot-upstream-")
-        path = Path(tmp)
+        # Kept in memory: the blob store takes the whole tarball at the end anyway.
+        chunks: list[bytes] = []
         sha512 = hashlib.sha512()
         sha1 = hashlib.sha1(usedforsecurity=False)
         # The last chunk is held back until the hash is checked: a corrupt tarball then never
         # reaches the client complete (its Content-Length is not met, or chunking not ended).
         held = b""
         try:
-            with os.fdopen(fd, "wb") as out:
-                async for chunk in response.aiter_bytes():
-                    out.write(chunk)
-                    sha512.update(chunk)
-                    sha1.update(chunk)
-                    if held:
-                        yield held
-                    held = chunk
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                sha512.update(chunk)
+                sha1.update(chunk)
+                if held:
+                    yield held
+                held = chunk
             integrity = "sha512-" + base64.b64encode(sha512.digest()).decode()
             if not _integrity_matches(dist, integrity, sha1.hexdigest()):
                 log.error(
@@ -699,27 +744,37 @@ class Upstreams:
             # (storing waits for the disk and for the store's write lock).
             if held:
                 yield held
-            data = path.read_bytes()
+            data = b"".join(chunks)
+            chunks.clear()
             key_hex = sha512.hexdigest()
             await self.blobs.put(key_hex, data)
             await self.meta.put_upstream_tarball(connector.id, name, version, key_hex, len(data))
+            self._blobs_seen.put(key_hex, True)
+            if self.kept_tarball is not None:
+                self.kept_tarball(key_hex, data)
         finally:
             await response.aclose()
-            with contextlib.suppress(OSError):
-                path.unlink()
             self._finish(key, done)
 
     # -- audit --------------------------------------------------------------------------------
 
-    async def forward(self, feed: Feed, path: str, body: Mapping[str, Any]) -> Any | None:
-        """POST an audit body to the first URL connector that answers 200; None if none."""
+    async def forward(
+        self,
+        feed: Feed,
+        path: str,
+        body_for: Callable[[Connector], Mapping[str, Any] | None],
+    ) -> Any | None:
+        """POST an audit body to the first URL connector that answers 200; None if none.
+        ``body_for`` gives each connector's body (None: nothing to send it)."""
         for connector in await self.connectors(feed):
             if connector.url.startswith(FEED_PREFIX):
+                continue
+            body = body_for(connector)
+            if body is None:
                 continue
             url = f"{connector.url.rstrip('/')}/{path}"
             headers = {"Content-Type": "application/json", **self._auth_headers(connector)}
             try:
-                self._guard(connector, url)
                 response = await self.client.post(
                     url,
                     content=orjson.dumps(body),

@@ -11,7 +11,6 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
-import gzip
 import hashlib
 import time
 from collections.abc import Mapping
@@ -19,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from isal import igzip
 
 from entrepot.auth import Principal
 from entrepot.clock import http_date, now_iso
 from entrepot.connectors import (
+    NO_DIST,
     Dist,
     Found,
     StoredTarball,
     TarballStream,
     Upstreams,
-    dists,
+    connector_admits,
     name_matches,
 )
 from entrepot.errors import (
@@ -46,7 +47,7 @@ from entrepot.errors import (
 from entrepot.lru import SizedLRU
 from entrepot.npm import names, semver
 from entrepot.npm.packument import (
-    abbreviate,
+    ABBREVIATED,
     abbreviated_document,
     bare_name,
     document_modified,
@@ -111,7 +112,9 @@ class Rendered:
     @property
     def gzipped(self) -> bytes:
         if self._gzipped is None:
-            self._gzipped = gzip.compress(self.body, compresslevel=6, mtime=0)
+            # ISA-L at level 3: a fifth of zlib's CPU at level 6, 3-7% more bytes
+            # (docs/decisions.md, "gzip").
+            self._gzipped = igzip.compress(self.body, compresslevel=3, mtime=0)
         return self._gzipped
 
 
@@ -176,12 +179,39 @@ def _render(doc: dict[str, Any], modified: str, package_seq: int, seq: int) -> R
     )
 
 
+def _rendered_weight(entry: Rendered) -> int:
+    """What a cached packument holds, for the cache's bound: the body, its gzipped copy
+    (made on first use; a quarter of the body or less) and about 2.5 KB of objects around
+    them (the entry, its ETag and dates, the header blocks the HTTP layer keeps with it,
+    the key). Weighed by the body alone, 100,000 small packuments took 4 KB each and the
+    process grew to 445 MiB (bench/installs.py, workload 6, run for two minutes)."""
+    return len(entry.body) * 5 // 4 + 2560
+
+
 def _source(found: Found | None) -> tuple[Connector, float] | None:
     """What identifies the upstream copy a document is made from; None when the same copy
     can give other bytes later (versions appearing with a minimum age) or is stale."""
     if found is None or found.stale or found.connector.min_age_hours:
         return None
     return (found.connector, found.fetched)
+
+
+def _audited_names(body: dict[str, Any], kind: str) -> set[str]:
+    """Every package name an audit body mentions (bulk: its keys; quick: the names under
+    ``requires`` and ``dependencies`` at every depth)."""
+    if kind == "bulk":
+        return {n for n in body if isinstance(n, str)}
+    names: set[str] = set()
+    pending = [body]
+    while pending:
+        node = pending.pop()
+        for field in ("requires", "dependencies"):
+            children = node.get(field)
+            if isinstance(children, dict):
+                names.update(n for n in children if isinstance(n, str))
+                if field == "dependencies":
+                    pending.extend(c for c in children.values() if isinstance(c, dict))
+    return names
 
 
 class Registry:
@@ -205,9 +235,10 @@ class Registry:
         self._scopes: dict[int, tuple[int, set[str], list[str]]] = {}
         #: Serialized packuments by (feed, name, form, base URL). An entry is checked
         #: against the global change counter, then the package's own ``seq`` (see
-        #: :meth:`packument`).
+        #: :meth:`packument`). Weighed with what comes with the body (see
+        #: :func:`_rendered_weight`).
         self._packuments: SizedLRU[tuple[int, str, bool, str], Rendered] = SizedLRU(
-            lambda entry: len(entry.body), max_bytes=128 * 1024 * 1024
+            _rendered_weight, max_bytes=128 * 1024 * 1024
         )
         self._feeds: dict[str, tuple[int, Feed | None]] = {}
         self._roles: dict[tuple[int, int], int] = {}
@@ -359,18 +390,17 @@ class Registry:
                 self._packuments.put(key, previous)
                 return previous
             if found is None:
-                if package is not None and package.versions:
-                    found_doc = full_document(package, feed_base)
-                else:
+                if package is None or not package.versions:
                     raise NotFound(f"package {name[:214]!r} not found in feed {feed.name!r}")
+                doc = (abbreviated_document if abbreviated else full_document)(package, feed_base)
             else:
-                found_doc = self._present(found.doc, name, feed_base, package)
-            doc = abbreviate(found_doc) if abbreviated else found_doc
-            modified = str(document_modified(found_doc) or "")
-            entry = _render(doc, modified, -1, seq)
+                doc, offered = self._present(
+                    found.doc, name, feed_base, package, abbreviated=abbreviated
+                )
+                if source is not None:
+                    self._offered.put((feed.id, name), (source, offered))
+            entry = _render(doc, str(document_modified(doc) or ""), -1, seq)
             entry.source = source
-            if found is not None and source is not None:
-                self._offered.put((feed.id, name), (source, dists(found.doc)))
             ttl = found.connector.ttl if found is not None else 0
             entry.fresh_until = time.monotonic() + min(ttl, 60)
             if found is not None and found.stale:
@@ -432,32 +462,58 @@ class Registry:
 
     @staticmethod
     def _present(
-        doc: dict[str, Any], name: str, feed_base: str, local: Package | None
-    ) -> dict[str, Any]:
-        """An upstream document as this feed serves it: tarballs on this server, and local
-        versions (when the feed merges this name) over upstream ones."""
-        out = dict(doc)
-        out.pop("_attachments", None)
+        doc: dict[str, Any],
+        name: str,
+        feed_base: str,
+        local: Package | None,
+        *,
+        abbreviated: bool,
+    ) -> tuple[dict[str, Any], dict[str, Dist]]:
+        """An upstream document as this feed serves it, full or abbreviated: tarballs on
+        this server, and local versions (when the feed merges this name) over upstream
+        ones. With it, each upstream version's :class:`Dist`. One pass over the versions:
+        a cold install renders hundreds of documents on the event loop."""
         versions: dict[str, Any] = {}
+        offered: dict[str, Dist] = {}
         for version, manifest in (doc.get("versions") or {}).items():
             if not isinstance(manifest, dict):
                 continue
-            copy = dict(manifest)
-            dist = dict(copy.get("dist") or {})
+            sent = manifest.get("dist")
+            if isinstance(sent, dict):
+                offered[version] = Dist.of_dist(sent)
+                dist = dict(sent)
+            else:
+                offered[version] = NO_DIST
+                dist = {}
             dist["tarball"] = tarball_url(feed_base, name, version)
+            if abbreviated:
+                copy = {k: v for k, v in manifest.items() if k in ABBREVIATED}
+            else:
+                copy = dict(manifest)
             copy["dist"] = dist
             versions[version] = copy
         tags = dict(doc.get("dist-tags") or {})
+        times = doc.get("time")
+        modified = document_modified(doc)
         if local is not None and local.versions:
-            mine = full_document(local, feed_base)
+            mine = (abbreviated_document if abbreviated else full_document)(local, feed_base)
             versions.update(mine["versions"])
             tags.update(mine["dist-tags"])
-            out["time"] = {**(doc.get("time") or {}), **mine["time"]}
-        out["versions"] = versions
-        out["dist-tags"] = tags
-        out["_id"] = name
-        out["name"] = name
-        return out
+            if not abbreviated:
+                times = {**(times if isinstance(times, dict) else {}), **mine["time"]}
+            modified = local.modified
+        if abbreviated:
+            out = {"name": name, "modified": modified, "dist-tags": tags, "versions": versions}
+        else:
+            out = dict(doc)
+            out.pop("_attachments", None)
+            if times is not None:
+                out["time"] = times
+            out["versions"] = versions
+            out["dist-tags"] = tags
+            out["_id"] = name
+            out["name"] = name
+        return out, offered
 
     async def _feed_document(self, feed_name: str, name: str, depth: int) -> dict[str, Any] | None:
         """Another feed's full document for a ``feed:`` connector (no HTTP, no permissions:
@@ -565,40 +621,49 @@ class Registry:
 
     async def audit(self, feed: Feed, kind: str, body: dict[str, Any]) -> Any | None:
         """Forward an audit to the first connector that answers, without any package that
-        is local to the feed: private names never leave the building. None: no answer."""
+        is local to the feed (private names never leave the building) and, for each
+        connector, without the names it does not serve (its allow and block patterns: a
+        partner's names are not sent to the public registry). None: no answer."""
         if self.upstreams is None:
             return None
         _, scopes, _ = await self._local_scopes(feed)
+        private: set[str] = set()
+        for name in _audited_names(body, kind):
+            if (name.startswith("@") and name.split("/", 1)[0] in scopes) or (
+                await self.meta.package_seq(feed.id, name) is not None
+            ):
+                private.add(name)
 
-        async def local(name: object) -> bool:
-            if not isinstance(name, str):
-                return True
-            if name.startswith("@") and name.split("/", 1)[0] in scopes:
-                return True
-            return await self.meta.package_seq(feed.id, name) is not None
+        def kept(connector: Connector, name: object) -> bool:
+            return (
+                isinstance(name, str) and name not in private and connector_admits(connector, name)
+            )
 
         if kind == "bulk":
-            kept = {n: v for n, v in body.items() if not await local(n)}
-            if not kept:
-                return {}
-            return await self.upstreams.forward(feed, "-/npm/v1/security/advisories/bulk", kept)
 
-        async def prune(node: dict[str, Any]) -> dict[str, Any]:
+            def bulk_for(connector: Connector) -> dict[str, Any] | None:
+                return {n: v for n, v in body.items() if kept(connector, n)} or None
+
+            return await self.upstreams.forward(feed, "-/npm/v1/security/advisories/bulk", bulk_for)
+
+        def prune(node: dict[str, Any], connector: Connector) -> dict[str, Any]:
             out = dict(node)
             for field in ("requires", "dependencies"):
                 children = node.get(field)
                 if isinstance(children, dict):
                     out[field] = {
                         n: (
-                            await prune(c) if isinstance(c, dict) and field == "dependencies" else c
+                            prune(c, connector)
+                            if isinstance(c, dict) and field == "dependencies"
+                            else c
                         )
                         for n, c in children.items()
-                        if not await local(n)
+                        if kept(connector, n)
                     }
             return out
 
         return await self.upstreams.forward(
-            feed, "-/npm/v1/security/audits/quick", await prune(body)
+            feed, "-/npm/v1/security/audits/quick", lambda connector: prune(body, connector)
         )
 
     async def search(self, feed: Feed, text: str, *, size: int, offset: int) -> dict[str, Any]:

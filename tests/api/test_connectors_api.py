@@ -36,6 +36,7 @@ from entrepot.http import app as http_app
 from entrepot.http.app import EMPTY_QUICK_AUDIT, create_app
 from entrepot.lockfiles import Locked
 from entrepot.mirror import mirror
+from entrepot.npm.packument import ABBREVIATED_FIELDS
 from entrepot.settings import load_settings
 from entrepot.storage.base import Connector
 
@@ -750,6 +751,68 @@ def test_fifty_requests_for_an_expired_packument_make_one_revalidation(
     assert "if-none-match" in requests[1].headers
 
 
+def offer_one_version(api: Api, upstream: Upstream, name: str) -> None:
+    """The first connector offers ``name@1.0.0``, and the feed has served its packument."""
+    connect(api, FIRST_URL)
+    upstream.first.packages.add(name, "1.0.0")
+    assert get(api, name).status_code == 200
+
+
+def test_concurrent_requests_for_a_tarball_fetch_it_once_when_store_reads_yield(
+    api: Api, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The PostgreSQL store yields to the event loop while it reads: two requests for the
+    # same tarball both find it missing before either has started fetching it.
+    offer_one_version(api, upstream, "twice")
+    meta = api.app.meta
+    read = meta.get_upstream_tarball
+
+    async def slow_read(*args: Any) -> Any:
+        await asyncio.sleep(0.01)
+        return await read(*args)
+
+    monkeypatch.setattr(meta, "get_upstream_tarball", slow_read)
+
+    async def both() -> list[httpx.Response]:
+        path = tarball_path("twice", "1.0.0")
+        return list(await asyncio.gather(api.client.get(path), api.client.get(path)))
+
+    first, second = api.run(both())
+    tarball = upstream.first.packages.tarball_of("twice", "1.0.0")
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content == tarball
+    assert len(upstream.first.tarball_requests("twice")) == 1
+
+
+def test_a_tarball_just_kept_is_served_again_without_asking_the_store(
+    api: Api, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offer_one_version(api, upstream, "primed")
+    first = api.get(tarball_path("primed", "1.0.0"))
+    assert first.status_code == 200
+    reads: list[Path] = []
+    read_bytes = Path.read_bytes
+
+    def counted(path: Path) -> bytes:
+        reads.append(path)
+        return read_bytes(path)
+
+    async def no_get(key: str) -> bytes:
+        raise AssertionError(f"blob {key[:16]} read from the store")
+
+    async def no_exists(key: str) -> bool:
+        raise AssertionError(f"blob {key[:16]} looked for in the store (S3: a HEAD)")
+
+    monkeypatch.setattr(Path, "read_bytes", counted)
+    monkeypatch.setattr(api.app.blobs, "get", no_get)
+    monkeypatch.setattr(api.app.blobs, "exists", no_exists)
+    again = api.get(tarball_path("primed", "1.0.0"))
+    assert again.status_code == 200
+    assert again.content == first.content == upstream.first.packages.tarball_of("primed", "1.0.0")
+    assert [p for p in reads if api.data_dir in p.parents] == []
+    assert len(upstream.first.tarball_requests("primed")) == 1
+
+
 # -- failures ------------------------------------------------------------------------------------
 
 
@@ -834,6 +897,20 @@ def test_a_failing_connector_then_a_404_is_still_a_502(api: Api, upstream: Upstr
     connect(api, SECOND_URL, name="empty")
     upstream.first.mode = Mode.ERROR
     assert_error(get(api, "missing"), 502, "down")
+
+
+def test_a_client_handed_in_goes_through_the_ssrf_guard_too(api: Api, upstream: Upstream) -> None:
+    # The guard is a request hook on the connectors' client, also on one handed in (as this
+    # module's mock is): a connector that turns out to point at this server is refused.
+    connect(api, FIRST_URL)
+    upstream.first.packages.add("loop", "1.0.0")
+    assert get(api, "loop").status_code == 200
+    asked = len(upstream.requests)
+    assert api.app.upstreams is not None
+    api.app.upstreams.own_ports.add(9)  # FIRST_URL's port
+    assert_error(api.get(tarball_path("loop", "1.0.0")), 502, "this server itself")
+    assert_error(get(api, "other"), 502, "this server itself")
+    assert len(upstream.requests) == asked
 
 
 # -- tarball integrity ---------------------------------------------------------------------------
@@ -1009,6 +1086,19 @@ def test_upstream_names_let_a_local_name_or_scope_read_through(
     local_integrity = publish_body("shared-lib", "1.0.0")["versions"]["1.0.0"]["dist"]["integrity"]
     assert merged["versions"]["1.0.0"]["dist"]["integrity"] == local_integrity
     assert all(m["dist"]["tarball"].startswith(FEED_BASE) for m in merged["versions"].values())
+    # The abbreviated form merges the same way, with the install fields only.
+    short = get(api, "shared-lib", Accept=CORGI)
+    assert short.status_code == 200
+    abbreviated = short.json()
+    assert set(abbreviated) == {"name", "modified", "dist-tags", "versions"}
+    assert set(abbreviated["versions"]) == {"1.0.0", "3.0.0"}
+    local = abbreviated["versions"]["1.0.0"]
+    assert local["dist"]["integrity"] == local_integrity
+    assert "marker" not in local and "readme" not in local
+    assert set(local) <= set(ABBREVIATED_FIELDS) | {"dist"}
+    assert abbreviated["dist-tags"] == merged["dist-tags"]
+    # Changed last by the local publish, which came after the upstream's.
+    assert abbreviated["modified"] == merged["time"]["modified"]
     upstream_tgz = api.get(tarball_path("shared-lib", "3.0.0"))
     assert upstream_tgz.content == upstream.first.packages.tarball_of("shared-lib", "3.0.0")
     # @corp/mine itself is still local only.
@@ -1157,6 +1247,50 @@ def test_bulk_audit_goes_to_the_first_connector_that_answers(api: Api, upstream:
     assert [r.json for r in upstream.first.audit_requests()] == [{"express": ["4.0.0"]}]
     assert [r.json for r in upstream.second.audit_requests()] == [{"express": ["4.0.0"]}]
     assert_no_local_name_left(api, upstream)
+
+
+def test_an_audit_sends_each_connector_only_the_names_it_serves(
+    api: Api, upstream: Upstream
+) -> None:
+    # The public connector must not learn the partner's names, and the partner's connector
+    # serves only its scope: each gets the names its allow and block patterns admit.
+    connect(api, FIRST_URL, name="public", block=["@partner"])
+    connect(api, SECOND_URL, name="partner", allow=["@partner"])
+    upstream.second.audit_answer = ADVISORY
+    body = {"@partner/secret-sdk": ["1.0.0"], "express": ["4.0.0"]}
+    bulk = api.request("POST", "/npm/main" + BULK, json=body)
+    assert bulk.status_code == 200 and bulk.json() == ADVISORY
+    assert [r.json for r in upstream.first.audit_requests()] == [{"express": ["4.0.0"]}]
+    assert [r.json for r in upstream.second.audit_requests()] == [
+        {"@partner/secret-sdk": ["1.0.0"]}
+    ]
+
+    tree = {
+        "name": "project",
+        "version": "1.0.0",
+        "requires": {"@partner/secret-sdk": "1.0.0", "express": "^4.0.0"},
+        "dependencies": {
+            "@partner/secret-sdk": {"version": "1.0.0", "requires": {"ms": "2.0.0"}},
+            "express": {
+                "version": "4.0.0",
+                "requires": {"@partner/helper": "1.0.0"},
+                "dependencies": {"@partner/helper": {"version": "1.0.0"}},
+            },
+            "ms": {"version": "2.0.0"},
+        },
+    }
+    quick = api.request("POST", "/npm/main" + QUICK, json=tree)
+    assert quick.status_code == 200
+    sent_public = upstream.first.audit_requests()[-1].json
+    assert sent_public["requires"] == {"express": "^4.0.0"}
+    assert sent_public["dependencies"] == {
+        "express": {"version": "4.0.0", "requires": {}, "dependencies": {}},
+        "ms": {"version": "2.0.0"},
+    }
+    assert b"@partner" not in b"".join(r.body for r in upstream.first.requests)
+    sent_partner = upstream.second.audit_requests()[-1].json
+    assert sent_partner["requires"] == {"@partner/secret-sdk": "1.0.0"}
+    assert set(sent_partner["dependencies"]) == {"@partner/secret-sdk"}
 
 
 def test_a_bulk_audit_of_local_names_only_is_answered_here(api: Api, upstream: Upstream) -> None:

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tarfile
 import tracemalloc
-import types
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -642,16 +641,14 @@ def connected(tmp_path: Path, stub: Stub, monkeypatch: pytest.MonkeyPatch) -> It
     """The app with connector ``up`` on ``main``, its upstream client built by the app itself
     (redirects followed, as in production) over the stub's transport."""
 
-    class StubbedClient(httpx.AsyncClient):
+    class StubbedClient(connectors.UpstreamClient):
         def __init__(self, **options: Any) -> None:
             options.pop("verify", None)
             options.pop("transport", None)  # the stub's transport instead of aiohttp's
             options["trust_env"] = False  # no proxy from the environment around the stub
             super().__init__(transport=httpx.MockTransport(stub.handle), **options)
 
-    monkeypatch.setattr(
-        connectors, "httpx", types.SimpleNamespace(**{**vars(httpx), "AsyncClient": StubbedClient})
-    )
+    monkeypatch.setattr(connectors, "UpstreamClient", StubbedClient)
     runner = asyncio.Runner()
     data_dir = tmp_path / "data"
     api = Api(runner, create_app(load_settings(overrides={"data_dir": data_dir})), data_dir)

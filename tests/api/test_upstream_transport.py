@@ -14,6 +14,7 @@ import httpx
 import pytest
 from tests.e2e.upstream import Mode, ScriptedUpstream
 
+from entrepot.connectors import UpstreamClient
 from entrepot.upstream_http import transport_for
 
 T = TypeVar("T")
@@ -174,3 +175,22 @@ def test_redirects_come_back_to_httpx_which_shows_every_hop_to_its_hooks() -> No
     response = with_client(work)
     assert response.status_code == 200 and response.content == b"ok"
     assert hops == ["/moved", "/here"]
+
+
+def test_the_connectors_client_keeps_no_cookies() -> None:
+    """As npm keeps none: an upstream's Set-Cookie is not sent back."""
+    sent: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        return httpx.Response(200, headers={"Set-Cookie": "session=s3cr3t; Path=/"}, text="{}")
+
+    async def work() -> None:
+        async with UpstreamClient(transport=httpx.MockTransport(answer)) as client:
+            first = await client.get("http://127.0.0.1:9/a")
+            assert first.headers["set-cookie"].startswith("session=")
+            await client.get("http://127.0.0.1:9/b")
+            assert not client.cookies
+
+    asyncio.run(work())
+    assert sent == [None, None]

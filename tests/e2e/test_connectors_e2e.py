@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -300,6 +301,26 @@ def test_a_tarball_with_the_wrong_integrity_fails_the_install_and_is_not_kept(
     client.cache.mkdir()
     client.ok("install", cwd=app)
     assert installed(app, "tampered-tgz") == "1.0.0"
+
+
+def test_a_tarball_whose_client_went_away_is_still_fetched_and_kept(
+    server_b: Server, scripted_feed: str, upstream: ScriptedUpstream
+) -> None:
+    upstream.packages.add("abandoned-tgz", "1.0.0")
+    good = upstream.packages.tarball_of("abandoned-tgz", "1.0.0")
+    path = f"/npm/{scripted_feed}/abandoned-tgz/-/abandoned-tgz-1.0.0.tgz"
+    assert server_b.request("GET", f"/npm/{scripted_feed}/abandoned-tgz").status == 200
+    upstream.set(Mode.SLOW, delay=1)
+    # A client asks for the tarball and hangs up while the upstream is still answering.
+    with socket.create_connection(("127.0.0.1", server_b.port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        time.sleep(0.3)
+    # The upstream goes down; the request in flight there is answered as it started.
+    upstream.set(Mode.ERROR)
+    fetched = server_b.request("GET", path)
+    assert fetched.status == 200, fetched.body
+    assert fetched.body == good
+    assert len(upstream.tarball_requests("abandoned-tgz")) == 1
 
 
 # -- (c) the public npm registry, opt-in ----------------------------------------------------

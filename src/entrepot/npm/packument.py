@@ -37,6 +37,8 @@ ABBREVIATED_FIELDS = (
     "os",
     "libc",
 )
+#: The same, for membership tests.
+ABBREVIATED = frozenset(ABBREVIATED_FIELDS)
 
 #: Top-level fields of the full packument copied from the latest version.
 LATEST_FIELDS = (
