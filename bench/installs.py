@@ -1874,7 +1874,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--publishes", type=int, default=None, help="sequential (default 200)")
     parser.add_argument("--publishers", type=int, default=20, help="concurrent publishers")
     parser.add_argument("--feed-packages", type=int, default=None, help="default 100,000")
-    parser.add_argument("--memory-seconds", type=int, default=None, help="wrk (default 30)")
+    parser.add_argument(
+        "--memory-seconds",
+        type=int,
+        default=None,
+        help="wrk (default 90: long enough for the caches to fill)",
+    )
     parser.add_argument("--tarball-seconds", type=int, default=None, help="wrk (default 10)")
     parser.add_argument(
         "--wait-idle",
@@ -1896,7 +1901,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.runs = args.runs or (1 if quick else 3)
     args.publishes = args.publishes or (60 if quick else 200)
     args.feed_packages = args.feed_packages or (10_000 if quick else 100_000)
-    args.memory_seconds = args.memory_seconds or (8 if quick else 30)
+    args.memory_seconds = args.memory_seconds or (8 if quick else 90)
     args.tarball_seconds = args.tarball_seconds or (4 if quick else 10)
     args.selected = {int(x) for x in args.workloads.split(",") if x.strip()}
     return args

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench.installs as b
-from bench.packuments import Server, ensure_tool, say
+from bench.packuments import CLOCK_TICKS, Server, ensure_tool, say
 
 
 def rss_mib(server: Server) -> float:
@@ -41,6 +41,24 @@ def record(spy: str, server: Server, output: Path, gil: bool) -> subprocess.Pope
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     return recorder
+
+
+def cpu_split(server: Server) -> dict[str, float]:
+    """User and system CPU seconds of the server's processes: their main threads (the
+    event loops) and everything else (worker threads, exited ones included)."""
+    split = {"loop user": 0.0, "loop sys": 0.0, "threads user": 0.0, "threads sys": 0.0}
+    for entry in server._group():
+        try:
+            total = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            main = (entry / "task" / entry.name / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        user, system = int(main[11]) / CLOCK_TICKS, int(main[12]) / CLOCK_TICKS
+        split["loop user"] += user
+        split["loop sys"] += system
+        split["threads user"] += int(total[11]) / CLOCK_TICKS - user
+        split["threads sys"] += int(total[12]) / CLOCK_TICKS - system
+    return split
 
 
 def stop(recorder: subprocess.Popen[bytes] | None) -> None:
@@ -77,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fill = b.install("npm", fixture, None, server.base, server, "warm-profile-fill")
         stop(recorder)
         say(f"cold fill: {fill.seconds:.1f} s, {fill.server_cpu:.2f} CPU-s")
+        say("  " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_split(server).items()))
         say(f"resident after the fill: {rss_mib(server):.0f} MiB")
         before = server.cpu_seconds()
         time.sleep(20)
