@@ -121,7 +121,7 @@ class Authenticator:
         parsed = parse_authorization(header)
         assert parsed is not None
         scheme, user, secret = parsed
-        seq = await self._meta.seq()
+        seq = await self._meta.seq(fresh=True)  # a revocation holds at once, everywhere
         if seq != self._cache_seq:
             self._cache.clear()
             self._tokens.clear()

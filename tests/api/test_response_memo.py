@@ -144,6 +144,41 @@ def test_a_write_by_another_process_holds_at_the_next_request(api: Api) -> None:
     assert api.get("/npm/main/memo-far", auth=bearer(secret)).status_code == 401
 
 
+def test_a_remembered_answer_to_a_token_waits_for_no_notification(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a process learns of other processes' writes by notification, a moment
+    after they commit. A store whose counter lags like that must still refuse a token
+    revoked elsewhere at the very next request, remembered answer or not."""
+    api.publish("memo-lag", "1.0.0")
+    secret = api.run(
+        Admin(api.app.meta).create_token("alice", read_only=True, feeds=[], expires_days=None)
+    )[0]
+    for _ in range(2):
+        assert versions(api.get("/npm/main/memo-lag", auth=bearer(secret))) == {"1.0.0"}
+    store = api.app.meta
+    real_seq = store.seq
+    heard = api.run(real_seq())  # what the notifications have told this process so far
+
+    async def lagging_seq(*, fresh: bool = False) -> int:
+        return await real_seq(fresh=True) if fresh else heard
+
+    monkeypatch.setattr(store, "seq", lagging_seq)
+    settings = load_settings(overrides={"data_dir": api.data_dir})
+    other, _ = open_local_stores(settings)  # as `entrepot token revoke` opens them
+    try:
+        alice = api.run(other.get_user("alice"))
+        assert alice is not None
+        for token in api.run(other.list_tokens(alice.id)):
+            if token.read_only:
+                assert api.run(other.revoke_token(token.key))
+    finally:
+        api.run(other.close())
+    assert api.get("/npm/main/memo-lag", auth=bearer(secret)).status_code == 401
+    # Anonymous answers may lag by that moment: they are still remembered.
+    assert api.get("/npm/main/memo-lag").status_code == 200
+
+
 def test_an_expiring_token_is_not_served_past_its_expiry(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

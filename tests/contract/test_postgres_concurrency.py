@@ -8,6 +8,8 @@ import asyncio
 import psycopg
 import pytest
 
+from entrepot.auth import Authenticator, hash_token, new_token_secret
+from entrepot.errors import Unauthorized
 from entrepot.npm.semver import parse_version
 from entrepot.storage.base import (
     AlreadyExists,
@@ -204,5 +206,48 @@ def test_connections_the_server_closed_are_replaced_without_an_error(
                 assert await store.seq() == 2
             finally:
                 await store.close()
+
+    runner.run(body())
+
+
+def test_a_token_revoked_through_one_store_is_refused_by_another_at_once(
+    postgres_url: str, runner: asyncio.Runner
+) -> None:
+    """Two stores stand for two server processes. B has the token cached; A revokes it (an
+    admin command, say) and returns. B's very next check refuses it, before B's listening
+    connection has had a chance to hear of the change."""
+
+    async def body() -> None:
+        a, b = await open_many(postgres_url, 2)
+        try:
+            user = await a.create_user("alice", "alice@example.test", None, admin=False)
+            secret = new_token_secret()
+            token = await a.create_token(
+                user_id=user.id,
+                key="k1",
+                secret_hash=hash_token(secret),
+                read_only=False,
+                feeds=[],
+                cidrs=[],
+                expires=None,
+                description="",
+            )
+            auth = Authenticator(b, allow_password_auth=False)
+            for _ in range(2):  # the second answer comes from the cache
+                principal = await auth.authenticate(f"Bearer {secret}", "127.0.0.1")
+                assert principal is not None and principal.name == "alice"
+            # Let B's follower hear of every change so far: its cache is as warm as can be.
+            while await b.seq() < await a.seq():
+                await asyncio.sleep(0.01)
+            await auth.authenticate(f"Bearer {secret}", "127.0.0.1")
+            # Then hold B's notifications back (how late they come is up to the network and
+            # the scheduler): B still believes the seq it last heard.
+            assert b._follower is not None
+            await b._follower.stop()
+            assert await a.revoke_token(token.key)
+            with pytest.raises(Unauthorized, match="revoked"):
+                await auth.authenticate(f"Bearer {secret}", "127.0.0.1")
+        finally:
+            await close_all([a, b])
 
     runner.run(body())

@@ -118,12 +118,14 @@ class EntrepotApp:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
+        seq_memo.set({})
         key = memo_key(scope) if scope["method"] in ("GET", "HEAD") else None
         if key is not None:
             hit = self._memo.get(key)
             if hit is not None:
                 try:
-                    current: int | None = await self.meta.seq()
+                    # An answer to credentials needs the counter as of now: see seq().
+                    current: int | None = await self.meta.seq(fresh=key[_MEMO_AUTH] is not None)
                 except StoreUnavailable:
                     current = None
                 if current == hit.seq and time.monotonic() < hit.until:
@@ -134,7 +136,6 @@ class EntrepotApp:
                     self._observe(scope, hit.kind, 200, started)
                     return
                 self._memo.drop(key)
-        seq_memo.set({})
         request = Request(scope, receive)
         seq_before: int | None = None
         try:
@@ -744,6 +745,10 @@ _MEMO_HEADERS = {
         (b"authorization", b"accept", b"accept-encoding", b"host", b"if-none-match")
     )
 }
+
+
+#: Where the Authorization header sits in a memo key (after path, query, scheme, client).
+_MEMO_AUTH = 4 + _MEMO_HEADERS[b"authorization"]
 
 
 def memo_key(scope: Scope) -> tuple[Any, ...] | None:

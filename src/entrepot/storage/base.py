@@ -245,8 +245,13 @@ def tags_after_publish(
 class MetadataStore(Protocol):
     """Feeds, users, tokens, packages, versions, and the change counter."""
 
-    async def seq(self) -> int:
-        """The change counter: any committed write anywhere makes it larger."""
+    async def seq(self, *, fresh: bool = False) -> int:
+        """The change counter: any committed write anywhere makes it larger.
+
+        A shared store may answer from a copy that lags other processes' writes by the
+        moment their notification takes to arrive. ``fresh`` asks for a value that counts
+        every write committed before this request began (a revoked token must be refused
+        at once, everywhere): a round trip that concurrent callers share."""
         ...
 
     async def close(self) -> None:

@@ -60,6 +60,7 @@ from entrepot.storage.base import (
     User,
     Version,
     VersionRef,
+    seq_memo,
     tags_after_publish,
 )
 
@@ -333,12 +334,46 @@ class _SeqFollower:
                 await asyncio.sleep(1)
 
 
+class _Coalesced:
+    """One read for many callers, and never an answer older than the call: a caller that
+    arrives while a read is on its way waits for the next one, which all who arrived in
+    the meantime share (the first read may have been sent before they asked)."""
+
+    def __init__(self, read: Callable[[], Awaitable[int]]) -> None:
+        self._read = read
+        self._next: asyncio.Future[int] | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __call__(self) -> int:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            if self._runner is None:
+                self._runner = asyncio.create_task(self._run(), name="entrepot-seq-read")
+        # Shielded: a caller that gives up does not cancel the read the others wait for.
+        return await asyncio.shield(self._next)
+
+    async def _run(self) -> None:
+        try:
+            while (waiting := self._next) is not None:
+                self._next = None  # who asks from now on waits for the next read
+                try:
+                    waiting.set_result(await self._read())
+                except Exception as exc:
+                    waiting.set_exception(exc)
+                    waiting.exception()  # retrieved: nobody may be left to see it
+        finally:
+            self._runner = None
+
+
 class PostgresMetadataStore:
     """The metadata store for shared deployments. Open it with :meth:`open`."""
 
     def __init__(self, pool: AsyncConnectionPool[Conn], upgraded_from: int | None = None) -> None:
         self._pool = pool
         self._follower: _SeqFollower | None = None
+        #: Reads of seq from the database: each counts every write committed before its
+        #: callers asked, and callers that arrive while one is on its way share the next.
+        self._seq_read = _Coalesced(self._read_seq)
         #: Set by our own writes: the next seq() asks the database, so this process sees
         #: its own write at once rather than when its notification arrives.
         self._wrote = True
@@ -444,6 +479,8 @@ class PostgresMetadataStore:
                             result = await work(conn)
                             committing = True
                         self._wrote = True
+                        if (memo := seq_memo.get()) is not None:
+                            memo.clear()  # this request must see its own write
                         return result
                     except psycopg.OperationalError:
                         stale = conn.broken
@@ -470,15 +507,24 @@ class PostgresMetadataStore:
         assert row is not None
         return int(row[0])
 
-    async def seq(self) -> int:
+    async def seq(self, *, fresh: bool = False) -> int:
         follower = self._follower
-        if follower is not None and follower.value is not None and not self._wrote:
+        if fresh:
+            memo = seq_memo.get()
+            if memo is not None and "fresh" in memo:
+                return memo["fresh"]
+        elif follower is not None and follower.value is not None and not self._wrote:
             return follower.value
         self._wrote = False
-        value = int((await self._read("SELECT value FROM meta WHERE key = 'seq'"))[0][0])
+        value = await self._seq_read()
         if follower is not None and follower.value is not None:
             follower.value = max(follower.value, value)
+        if fresh and (memo := seq_memo.get()) is not None:
+            memo["fresh"] = value
         return value
+
+    async def _read_seq(self) -> int:
+        return int((await self._read("SELECT value FROM meta WHERE key = 'seq'"))[0][0])
 
     # -- feeds ------------------------------------------------------------------------------
 

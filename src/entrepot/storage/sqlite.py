@@ -515,9 +515,10 @@ class SQLiteMetadataStore:
         ).fetchone()
         return int(row[0])
 
-    async def seq(self) -> int:
+    async def seq(self, *, fresh: bool = False) -> int:
         # Read once per request (about 2 us in WAL mode), never reused across requests: a
         # revocation by an admin command or another worker holds at the very next request.
+        # So every read is ``fresh``: a writer stores the signal before it returns.
         memo = seq_memo.get()
         if memo is not None and "seq" in memo:
             return memo["seq"]
