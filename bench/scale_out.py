@@ -6,6 +6,7 @@ Run from the repository root (needs PostgreSQL on 127.0.0.1:5432, ``weed`` from
 
     .venv/bin/python bench/scale_out.py                 # 10 s per run, about 2 minutes
     .venv/bin/python bench/scale_out.py --duration 3    # a quick look
+    .venv/bin/python bench/scale_out.py --auth          # reads carry a token
 
 It starts, all on loopback:
 
@@ -207,6 +208,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per run")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="send a token on every read (as npm does for a private feed)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -261,12 +267,18 @@ def main() -> int:
         embedded_token = entrepot_token(["--data-dir", str(work / "embedded")], env)
         publish(embedded, embedded_token, tarball)
         shared_token = entrepot(config, "token", "create", "--user", "admin", env=env).stdout
-        publish(shared[0], shared_token.strip(), tarball)
+        shared_token = shared_token.strip()
+        publish(shared[0], shared_token, tarball)
 
         targets = {
             "embedded": embedded.base_url,
             "pg+s3 x1": shared[0].base_url,
             "pg+s3 x2 + nginx": proxied,
+        }
+        tokens = {
+            "embedded": embedded_token,
+            "pg+s3 x1": shared_token,
+            "pg+s3 x2 + nginx": shared_token,
         }
         for base in targets.values():
             check(base, tarball)
@@ -278,9 +290,11 @@ def main() -> int:
             "tarball 25 KB": (f"/npm/main/{BLOB}/-/{BLOB}-1.0.0.tgz", {}),
         }
         wrk_flags = f"-t{args.threads} -c{args.connections} -d{args.duration}s"
-        say(f"wrk {wrk_flags} (+{args.warmup} s warm-up)")
-        for workload, (path, headers) in workloads.items():
+        say(f"wrk {wrk_flags} (+{args.warmup} s warm-up){', with a token' if args.auth else ''}")
+        for workload, (path, plain) in workloads.items():
             for target, base in targets.items():
+                token = {"Authorization": f"Bearer {tokens[target]}"} if args.auth else {}
+                headers = {**plain, **token}
                 if args.warmup:
                     wrk(base + path, headers, args.warmup, args.threads, args.connections)
                 result = wrk(base + path, headers, args.duration, args.threads, args.connections)
