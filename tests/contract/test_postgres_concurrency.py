@@ -251,3 +251,43 @@ def test_a_token_revoked_through_one_store_is_refused_by_another_at_once(
             await close_all([a, b])
 
     runner.run(body())
+
+
+def test_fresh_reads_survive_losing_their_connection(
+    postgres_url: str, runner: asyncio.Runner
+) -> None:
+    """``seq(fresh=True)`` reads on a connection of its own. When the server ends it, the
+    read in progress is answered through the pool instead, and a new connection is made
+    a second later."""
+
+    async def body() -> None:
+        store = await PostgresMetadataStore.open(postgres_url)
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                postgres_url, autocommit=True
+            ) as admin:
+
+                async def readers() -> list[int]:
+                    cur = await admin.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE application_name = 'entrepot-seq'"
+                    )
+                    return [row[0] for row in await cur.fetchall()]
+
+                await store.create_feed("main", private=False)
+                assert await store.seq(fresh=True) == 1
+                pids = await readers()
+                assert len(pids) == 1
+                await admin.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
+                while await readers():
+                    await asyncio.sleep(0.01)
+                await admin.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq'")
+                assert await store.seq(fresh=True) == 2  # through the pool
+                assert await readers() == []
+                await asyncio.sleep(1.1)
+                await admin.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq'")
+                assert await store.seq(fresh=True) == 3
+                assert len(await readers()) == 1  # connected again
+        finally:
+            await store.close()
+
+    runner.run(body())

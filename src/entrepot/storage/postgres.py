@@ -33,7 +33,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 import psycopg
-from psycopg import errors, sql
+from psycopg import errors, pq, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -334,6 +334,86 @@ class _SeqFollower:
                 await asyncio.sleep(1)
 
 
+_SEQ_STATEMENT = b"entrepot_seq"
+_SEQ_SQL = b"SELECT value FROM meta WHERE key = 'seq'"
+
+
+class _SeqReader:
+    """Reads ``seq`` on a connection of its own, through libpq directly: a prepared
+    statement and one wait for its answer, a quarter of the CPU of a pooled psycopg query
+    (docs/decisions.md). It runs one read at a time (the :class:`_Coalesced` in front
+    sees to that). On any failure it drops the connection and answers with ``fallback``
+    (the pool's read, which retries or reports the store unavailable), and connects again
+    at most once a second."""
+
+    def __init__(self, url: str, fallback: Callable[[], Awaitable[int]], timeout: float) -> None:
+        self.url = url
+        self._fallback = fallback
+        self._timeout = timeout
+        self._conn: Conn | None = None
+        self._retry_at = 0.0
+
+    async def __call__(self) -> int:
+        if self._conn is None and time.monotonic() < self._retry_at:
+            return await self._fallback()
+        try:
+            async with asyncio.timeout(self._timeout):
+                if self._conn is None:
+                    self._retry_at = time.monotonic() + 1.0
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self.url,
+                        autocommit=True,
+                        connect_timeout=max(2, int(self._timeout)),
+                        application_name="entrepot-seq",
+                    )
+                    self._conn.pgconn.nonblocking = 1
+                    await self._ask(lambda pg: pg.send_prepare(_SEQ_STATEMENT, _SEQ_SQL))
+                return await self._ask(lambda pg: pg.send_query_prepared(_SEQ_STATEMENT, None))
+        except Exception as exc:
+            await self.close()
+            log.warning("seq reader lost its connection (%s)", type(exc).__name__)
+            return await self._fallback()
+        except BaseException:
+            await self.close()  # cancelled mid-read: the connection's state is unknown
+            raise
+
+    async def _ask(self, send: Callable[[pq.abc.PGconn], None]) -> int:
+        assert self._conn is not None
+        pg = self._conn.pgconn
+        send(pg)
+        while pg.flush():
+            await self._ready(pg.socket, write=True)
+        value = -1
+        while True:
+            pg.consume_input()
+            while not pg.is_busy():
+                result = pg.get_result()
+                if result is None:
+                    return value
+                if result.status == pq.ExecStatus.TUPLES_OK:
+                    value = int(result.get_value(0, 0) or b"0")
+                elif result.status != pq.ExecStatus.COMMAND_OK:
+                    status = pq.ExecStatus(result.status).name
+                    raise psycopg.OperationalError(f"seq read failed ({status})")
+            await self._ready(pg.socket)
+
+    @staticmethod
+    async def _ready(fd: int, *, write: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        (loop.add_writer if write else loop.add_reader)(fd, ready.set_result, None)
+        try:
+            await ready
+        finally:
+            (loop.remove_writer if write else loop.remove_reader)(fd)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
 class _Coalesced:
     """One read for many callers, and never an answer older than the call: a caller that
     arrives while a read is on its way waits for the next one, which all who arrived in
@@ -374,6 +454,7 @@ class PostgresMetadataStore:
         #: Reads of seq from the database: each counts every write committed before its
         #: callers asked, and callers that arrive while one is on its way share the next.
         self._seq_read = _Coalesced(self._read_seq)
+        self._seq_reader: _SeqReader | None = None
         #: Set by our own writes: the next seq() asks the database, so this process sees
         #: its own write at once rather than when its notification arrives.
         self._wrote = True
@@ -425,11 +506,15 @@ class PostgresMetadataStore:
         store = cls(pool, upgraded_from)
         store._follower = _SeqFollower(url)
         store._follower.start()
+        store._seq_reader = _SeqReader(url, store._read_seq, timeout)
+        store._seq_read = _Coalesced(store._seq_reader)
         return store
 
     async def close(self) -> None:
         if self._follower is not None:
             await self._follower.stop()
+        if self._seq_reader is not None:
+            await self._seq_reader.close()
         await self._pool.close()
 
     # -- plumbing ---------------------------------------------------------------------------
