@@ -297,15 +297,32 @@ def main() -> int:
                 headers = {**plain, **token}
                 if args.warmup:
                     wrk(base + path, headers, args.warmup, args.threads, args.connections)
+                on_pg = target != "embedded"
+                before = transactions(database_url) if on_pg else 0
                 result = wrk(base + path, headers, args.duration, args.threads, args.connections)
                 results[(workload, target)] = result
+                per_request = ""
+                if on_pg:
+                    made = transactions(database_url) - before
+                    per_request = f"  {made / (result.rps * args.duration):.3f} db queries/request"
                 say(
                     f"  {workload:14} {target:17} {result.rps:9,.0f} req/s  "
-                    f"p50 {result.p50_ms:6.1f} ms  busy {result.busy_cores:.2f} cores"
+                    f"p50 {result.p50_ms:6.1f} ms  busy {result.busy_cores:.2f} cores{per_request}"
                 )
     say("")
     say(table(results, list(targets), list(workloads)))
     return 0
+
+
+def transactions(database_url: str) -> int:
+    """Transactions committed in the database so far (each of Entrepot's reads is one),
+    once PostgreSQL's statistics have caught up (backends report about once a second)."""
+    time.sleep(1.2)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def entrepot_token(where: list[str], env: Mapping[str, str]) -> str:
