@@ -203,6 +203,10 @@ def test_connections_the_server_closed_are_replaced_without_an_error(
                 await kill_the_pool()
                 user = await store.create_user("alice", "alice@example.test", None, admin=False)
                 assert await store.get_user("alice") == user
+                await kill_the_pool()
+                # A write to the caches runs as one statement, outside a transaction.
+                assert await store.acquire_lease("lease", "me", 30)
+                assert not await store.acquire_lease("lease", "someone else", 30)
                 assert await store.seq() == 2
             finally:
                 await store.close()

@@ -552,14 +552,21 @@ class PostgresMetadataStore:
 
         return await self._query(work)
 
-    async def _write(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _write(self, work: Callable[[Conn], Awaitable[T]], *, cache: bool = False) -> T:
         """Run ``work`` in one transaction, retrying the aborts PostgreSQL asks us to retry,
-        and turn backend errors into store errors."""
+        and turn backend errors into store errors.
+
+        ``cache``: ``work`` is one idempotent statement on the caches (leases, upstream
+        copies) that moves no change counter. It runs on its own (a single statement is
+        atomic: no BEGIN and COMMIT round trips), runs again once on a fresh connection if
+        the connection was lost, and leaves ``seq()`` answering from the notifications."""
         for attempt in range(1, _ATTEMPTS + 1):
             stale = committing = False
             try:
                 async with self._pool.connection(self._wait()) as conn:
                     try:
+                        if cache:
+                            return await work(conn)
                         async with conn.transaction():
                             result = await work(conn)
                             committing = True
@@ -577,7 +584,8 @@ class PostgresMetadataStore:
                 raise _translate(exc) from None
             except psycopg.Error as exc:
                 # A connection lost before COMMIT was sent: the server rolled the transaction
-                # back, so it can run again once. Lost during COMMIT, the outcome is unknown.
+                # back, so it can run again once. Lost during COMMIT, the outcome is unknown
+                # (a cache write is idempotent: it runs again whatever the outcome).
                 if not (stale and not committing and attempt == 1):
                     raise _translate(exc) from exc
                 await self._pool.check()
@@ -797,13 +805,13 @@ class PostgresMetadataStore:
             )
             return cur.rowcount == 1
 
-        return await self._write(work)
+        return await self._write(work, cache=True)
 
     async def release_lease(self, key: str, holder: str) -> None:
         async def work(conn: Conn) -> None:
             await conn.execute("DELETE FROM leases WHERE key = %s AND holder = %s", (key, holder))
 
-        await self._write(work)
+        await self._write(work, cache=True)
 
     # -- roles ------------------------------------------------------------------------------
 
@@ -1578,7 +1586,7 @@ class PostgresMetadataStore:
                 (connector_id, name, doc.status, doc.etag, doc.fetched, doc.body, doc.abbreviated),
             )
 
-        await self._write(work)
+        await self._write(work, cache=True)
 
     async def get_upstream_tarball(
         self, connector_id: int, name: str, version: str
@@ -1601,7 +1609,7 @@ class PostgresMetadataStore:
                 (connector_id, name, version, blob_key, size),
             )
 
-        await self._write(work)
+        await self._write(work, cache=True)
 
 
 async def _dump(conn: Conn, feeds: Sequence[str] | None) -> dict[str, Any]:
