@@ -962,12 +962,15 @@ class SharedStores:
     stack: contextlib.ExitStack
     blob_url: Callable[[str], str]
     made: int = 0
+    #: Each Entrepot's database, in the order they were made.
+    databases: list[str] = field(default_factory=list)
 
     def where(self, data: Path) -> list[str]:
         from tests.e2e.cluster import postgres_database, write_config
 
         self.made += 1
         database_url = self.stack.enter_context(postgres_database())
+        self.databases.append(database_url)
         data.mkdir(parents=True, exist_ok=True)
         config = write_config(
             data / "entrepot.toml",
@@ -978,6 +981,20 @@ class SharedStores:
             },
         )
         return ["--config", str(config)]
+
+
+def db_transactions(database_url: str) -> int:
+    """Transactions committed in a database so far (each of Entrepot's reads is one, each
+    write one or more), once PostgreSQL's statistics have caught up (backends report about
+    once a second)."""
+    import psycopg
+
+    time.sleep(1.2)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 #: Set by ``--store pg+s3``; None is the embedded default.

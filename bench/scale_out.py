@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+from bench.installs import db_transactions  # noqa: E402
 from tests.api.conftest import npm_tarball, publish_body  # noqa: E402
 from tests.e2e.cluster import (  # noqa: E402
     POSTGRES_ADMIN_URL,
@@ -298,12 +299,12 @@ def main() -> int:
                 if args.warmup:
                     wrk(base + path, headers, args.warmup, args.threads, args.connections)
                 on_pg = target != "embedded"
-                before = transactions(database_url) if on_pg else 0
+                before = db_transactions(database_url) if on_pg else 0
                 result = wrk(base + path, headers, args.duration, args.threads, args.connections)
                 results[(workload, target)] = result
                 per_request = ""
                 if on_pg:
-                    made = transactions(database_url) - before
+                    made = db_transactions(database_url) - before
                     per_request = f"  {made / (result.rps * args.duration):.3f} db queries/request"
                 say(
                     f"  {workload:14} {target:17} {result.rps:9,.0f} req/s  "
@@ -312,17 +313,6 @@ def main() -> int:
     say("")
     say(table(results, list(targets), list(workloads)))
     return 0
-
-
-def transactions(database_url: str) -> int:
-    """Transactions committed in the database so far (each of Entrepot's reads is one),
-    once PostgreSQL's statistics have caught up (backends report about once a second)."""
-    time.sleep(1.2)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def entrepot_token(where: list[str], env: Mapping[str, str]) -> str:

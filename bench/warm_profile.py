@@ -91,10 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack.callback(upstream.stop)
         server = b.entrepot_with_connector("Entrepot", b.RUNS / "warm-profile", upstream.base)
         stack.callback(server.stop)
+        database = b.SHARED.databases[-1] if b.SHARED is not None else None
+        counted = 0
+
+        def queries() -> str:
+            """Database transactions since the last call, for PostgreSQL + S3."""
+            nonlocal counted
+            if database is None:
+                return ""
+            now = b.db_transactions(database)
+            made, counted = now - counted, now
+            return f", {made} database transactions"
+
+        queries()
         recorder = record(spy, server, args.profile_fill, args.gil) if args.profile_fill else None
         fill = b.install("npm", fixture, None, server.base, server, "warm-profile-fill")
         stop(recorder)
-        say(f"cold fill: {fill.seconds:.1f} s, {fill.server_cpu:.2f} CPU-s")
+        say(f"cold fill: {fill.seconds:.1f} s, {fill.server_cpu:.2f} CPU-s{queries()}")
         say("  " + ", ".join(f"{k} {v:.2f}" for k, v in cpu_split(server).items()))
         say(f"resident after the fill: {rss_mib(server):.0f} MiB")
         before = server.cpu_seconds()
@@ -106,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             result = b.install("npm", fixture, None, server.base, server, f"warm-profile-{i}")
             stop(recorder)
-            say(f"warm {i}: {result.seconds:.1f} s, {result.server_cpu:.2f} CPU-s")
+            say(f"warm {i}: {result.seconds:.1f} s, {result.server_cpu:.2f} CPU-s{queries()}")
         say(f"resident after the warm installs: {rss_mib(server):.0f} MiB")
     return 0
 
