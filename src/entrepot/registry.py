@@ -244,9 +244,11 @@ class Registry:
         self._roles: dict[tuple[int, int], int] = {}
         # The versions each upstream copy offered when its packument was last rendered, with
         # what fetching their tarballs needs, by (feed id, name); weighed at about 400
-        # bytes a version (strings shared with the parsed document).
+        # bytes a version (strings shared with the parsed document). Last, the change
+        # counter at which the feed was last seen to hold no package of that name (-1 if
+        # it did): while it stands, a tarball request need not look for a local version.
         self._offered: SizedLRU[
-            tuple[int, str], tuple[tuple[Connector, float], dict[str, Dist]]
+            tuple[int, str], tuple[tuple[Connector, float], dict[str, Dist], int]
         ] = SizedLRU(lambda item: 400 * (len(item[1]) + 1), max_bytes=32 * 1024 * 1024)
         #: Tarballs found, by (feed id, name, file name): (change counter, where, and for a
         #: connector's tarball the upstream copy that offered it). Good while nothing was
@@ -348,6 +350,9 @@ class Registry:
                 # A local package of that name, published since, takes over at once.
                 if entry.checked_seq != seq and await self.meta.package_seq(feed.id, name) is None:
                     entry.checked_seq = seq
+                    kept = self._offered.get((feed.id, name))
+                    if kept is not None and kept[0] == entry.source:
+                        self._offered.put((feed.id, name), (kept[0], kept[1], seq))
                 if entry.checked_seq == seq:
                     if time.monotonic() < entry.fresh_until:
                         return entry
@@ -398,7 +403,8 @@ class Registry:
                     found.doc, name, feed_base, package, abbreviated=abbreviated
                 )
                 if source is not None:
-                    self._offered.put((feed.id, name), (source, offered))
+                    alone = seq if package is None else -1
+                    self._offered.put((feed.id, name), (source, offered, alone))
             entry = _render(doc, str(document_modified(doc) or ""), -1, seq)
             entry.source = source
             ttl = found.connector.ttl if found is not None else 0
@@ -565,17 +571,21 @@ class Registry:
                     return self._upstream_tarball_ref(key, seq, ref, source, ttl=source[0].ttl)
             self._tarball_refs.drop(key)
         version = semver.clean(filename[len(prefix) : -len(".tgz")])
-        found = await self.meta.find_version(feed.id, name, version) if version else None
-        if found is not None:
-            ref = TarballRef(found.blob_key, found.size, self.blobs.local_path(found.blob_key))
-            self._tarball_refs.put(key, (seq, ref, None))
-            return ref
+        offered = self._offered.get((feed.id, name))
+        # The packument rendered at this very change counter found no local package of that
+        # name: no local version either, and nothing that keeps the name local.
+        upstream_only = offered is not None and offered[2] == seq
+        if version and not upstream_only:
+            found = await self.meta.find_version(feed.id, name, version)
+            if found is not None:
+                ref = TarballRef(found.blob_key, found.size, self.blobs.local_path(found.blob_key))
+                self._tarball_refs.put(key, (seq, ref, None))
+                return ref
         missing = NotFound(f"no tarball {filename[:200]!r} for {name} in feed {feed.name!r}")
         if version is None or self.upstreams is None:
             raise missing
-        if await self._local_only(feed, name):
+        if not upstream_only and await self._local_only(feed, name):
             raise missing
-        offered = self._offered.get((feed.id, name))
         if offered is not None and version in offered[1]:
             # The packument rendered from this copy listed it (npm asks for the packument
             # first): if the copy is still the fresh one, it need not be read (or parsed)

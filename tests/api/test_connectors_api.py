@@ -813,6 +813,37 @@ def test_a_tarball_just_kept_is_served_again_without_asking_the_store(
     assert len(upstream.first.tarball_requests("primed")) == 1
 
 
+def test_a_tarball_after_its_packument_looks_for_no_local_version_until_a_write(
+    api: Api, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The packument just rendered found no local package of that name: until something
+    # is written, the tarball request need not ask the store again (on PostgreSQL, two
+    # round trips per tarball of a cold install).
+    offer_one_version(api, upstream, "lookless")
+    meta = api.app.meta
+    asked: list[str] = []
+
+    def spy(method: str) -> Callable[..., Any]:
+        real = getattr(meta, method)
+
+        async def counted(*args: Any) -> Any:
+            asked.append(method)
+            return await real(*args)
+
+        return counted
+
+    for method in ("find_version", "package_seq"):
+        monkeypatch.setattr(meta, method, spy(method))
+    assert api.get(tarball_path("lookless", "1.0.0")).status_code == 200
+    assert asked == []
+    # Published here since: the name is local now (the dependency-confusion guard), so the
+    # upstream's tarball is no longer served, and the local one is.
+    api.publish("lookless", "2.0.0")
+    assert api.get(tarball_path("lookless", "1.0.0")).status_code == 404
+    assert api.get(tarball_path("lookless", "2.0.0")).status_code == 200
+    assert "find_version" in asked
+
+
 # -- failures ------------------------------------------------------------------------------------
 
 
