@@ -124,23 +124,36 @@ def test_revoking_a_role_or_a_token_holds_at_the_next_request(api: Api) -> None:
     assert api.get("/npm/team/held", auth=bearer(secret)).status_code == 401
 
 
-def test_a_write_by_another_process_holds_at_the_next_request(api: Api) -> None:
-    api.publish("memo-far", "1.0.0")
+def remembered_with_a_token(api: Api, name: str) -> str:
+    """Publish ``name``, and GET it twice with a new read-only token of alice's (the second
+    answer from memory); the token's secret."""
+    api.publish(name, "1.0.0")
     secret = api.run(
         Admin(api.app.meta).create_token("alice", read_only=True, feeds=[], expires_days=None)
     )[0]
     for _ in range(2):
-        assert versions(api.get("/npm/main/memo-far", auth=bearer(secret))) == {"1.0.0"}
+        assert versions(api.get(f"/npm/main/{name}", auth=bearer(secret))) == {"1.0.0"}
+    return secret
+
+
+def revoke_from_another_process(api: Api) -> None:
+    """Revoke alice's read-only tokens through stores of their own, as `entrepot token
+    revoke` opens them."""
     settings = load_settings(overrides={"data_dir": api.data_dir})
-    other, _ = open_local_stores(settings)  # as `entrepot token revoke` opens them
+    other, _ = open_local_stores(settings)
     try:
         alice = api.run(other.get_user("alice"))
         assert alice is not None
         for token in api.run(other.list_tokens(alice.id)):
             if token.read_only:
-                api.run(other.revoke_token(token.key))
+                assert api.run(other.revoke_token(token.key))
     finally:
         api.run(other.close())
+
+
+def test_a_write_by_another_process_holds_at_the_next_request(api: Api) -> None:
+    secret = remembered_with_a_token(api, "memo-far")
+    revoke_from_another_process(api)
     assert api.get("/npm/main/memo-far", auth=bearer(secret)).status_code == 401
 
 
@@ -150,12 +163,7 @@ def test_a_remembered_answer_to_a_token_waits_for_no_notification(
     """On PostgreSQL a process learns of other processes' writes by notification, a moment
     after they commit. A store whose counter lags like that must still refuse a token
     revoked elsewhere at the very next request, remembered answer or not."""
-    api.publish("memo-lag", "1.0.0")
-    secret = api.run(
-        Admin(api.app.meta).create_token("alice", read_only=True, feeds=[], expires_days=None)
-    )[0]
-    for _ in range(2):
-        assert versions(api.get("/npm/main/memo-lag", auth=bearer(secret))) == {"1.0.0"}
+    secret = remembered_with_a_token(api, "memo-lag")
     store = api.app.meta
     real_seq = store.seq
     heard = api.run(real_seq())  # what the notifications have told this process so far
@@ -164,16 +172,7 @@ def test_a_remembered_answer_to_a_token_waits_for_no_notification(
         return await real_seq(fresh=True) if fresh else heard
 
     monkeypatch.setattr(store, "seq", lagging_seq)
-    settings = load_settings(overrides={"data_dir": api.data_dir})
-    other, _ = open_local_stores(settings)  # as `entrepot token revoke` opens them
-    try:
-        alice = api.run(other.get_user("alice"))
-        assert alice is not None
-        for token in api.run(other.list_tokens(alice.id)):
-            if token.read_only:
-                assert api.run(other.revoke_token(token.key))
-    finally:
-        api.run(other.close())
+    revoke_from_another_process(api)
     assert api.get("/npm/main/memo-lag", auth=bearer(secret)).status_code == 401
     # Anonymous answers may lag by that moment: they are still remembered.
     assert api.get("/npm/main/memo-lag").status_code == 200
