@@ -500,15 +500,15 @@ class Registry:
             versions[version] = copy
         tags = dict(doc.get("dist-tags") or {})
         times = doc.get("time")
-        modified = document_modified(doc)
-        if local is not None and local.versions:
-            mine = (abbreviated_document if abbreviated else full_document)(local, feed_base)
+        merged = local if local is not None and local.versions else None
+        if merged is not None:
+            mine = (abbreviated_document if abbreviated else full_document)(merged, feed_base)
             versions.update(mine["versions"])
             tags.update(mine["dist-tags"])
             if not abbreviated:
                 times = {**(times if isinstance(times, dict) else {}), **mine["time"]}
-            modified = local.modified
         if abbreviated:
+            modified = merged.modified if merged is not None else document_modified(doc)
             out = {"name": name, "modified": modified, "dist-tags": tags, "versions": versions}
         else:
             out = dict(doc)

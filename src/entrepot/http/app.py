@@ -118,13 +118,14 @@ class EntrepotApp:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        seq_memo.set({})
         key = memo_key(scope) if scope["method"] in ("GET", "HEAD") else None
         if key is not None:
             hit = self._memo.get(key)
             if hit is not None:
                 try:
-                    # An answer to credentials needs the counter as of now: see seq().
+                    # An answer to credentials needs the counter as of now: see seq(). (Not
+                    # memoized for the request: a remembered answer that turns out stale is
+                    # rare, and the per-request memo would cost every hit.)
                     current: int | None = await self.meta.seq(fresh=key[_MEMO_AUTH] is not None)
                 except StoreUnavailable:
                     current = None
@@ -136,6 +137,7 @@ class EntrepotApp:
                     self._observe(scope, hit.kind, 200, started)
                     return
                 self._memo.drop(key)
+        seq_memo.set({})
         request = Request(scope, receive)
         seq_before: int | None = None
         try:
