@@ -727,15 +727,7 @@ def serve(settings: Settings, config_file: Path | None = None) -> int:
         print(f"Created feed 'main' and user 'admin'; the admin password is in {password_file}")
     print(f"Entrepot {__version__} listening on http://{host}:{port}", flush=True)
     print(f"Feed 'main': {base}/npm/main/", flush=True)
-    common: dict[str, Any] = {
-        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
-        "http": "httptools",
-        "lifespan": "on",
-        "access_log": False,
-        "server_header": False,
-        "log_level": settings.log_level,
-        "timeout_keep_alive": 30,
-    }
+    common = uvicorn_options(settings)
     settings = dataclasses.replace(settings, port=port)
     if settings.workers == 1:
         app = ServerApp(settings, os.environ)
@@ -755,6 +747,19 @@ def serve(settings: Settings, config_file: Path | None = None) -> int:
     )
     Multiprocess(config, sockets=[sock]).run()
     return 0
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How ``serve`` configures uvicorn (besides the app, the socket and the workers)."""
+    return {
+        "loop": "uvloop" if sys.platform != "win32" else "asyncio",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "server_header": False,
+        "log_level": settings.log_level,
+        "timeout_keep_alive": 30,
+    }
 
 
 async def _bootstrap(settings: Settings) -> Path | None:

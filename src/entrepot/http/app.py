@@ -43,6 +43,7 @@ from entrepot.http.bodies import read_body, read_json
 from entrepot.http.metrics import Metrics
 from entrepot.http.paths import split_path, take_package_name
 from entrepot.http.responses import JSON, error_response, json_response
+from entrepot.http.wire import encode_head, write_whole
 from entrepot.lru import SizedLRU
 from entrepot.npm.packument import CORGI
 from entrepot.registry import Registry, Rendered
@@ -130,10 +131,7 @@ class EntrepotApp:
                 except StoreUnavailable:
                     current = None
                 if current == hit.seq and time.monotonic() < hit.until:
-                    start = {"type": "http.response.start", "status": 200, "headers": hit.headers}
-                    await send(start)
-                    body = b"" if scope["method"] == "HEAD" else hit.body
-                    await send({"type": "http.response.body", "body": body})
+                    await _send_memo(send, hit, scope["method"] == "HEAD")
                     self._observe(scope, hit.kind, 200, started)
                     return
                 self._memo.drop(key)
@@ -167,7 +165,9 @@ class EntrepotApp:
             and isinstance(response, PrebuiltResponse)
             and isinstance(response.body, bytes)
         ):
-            self._memo.put(key, Memo(seq_before, until, kind, response.body, response.raw_headers))
+            body, headers = response.body, response.raw_headers
+            head = encode_head(headers, len(body))
+            self._memo.put(key, Memo(seq_before, until, kind, body, headers, head))
         self._observe(scope, kind, response.status_code, started)
 
     def _observe(self, scope: Scope, kind: str, status: int, started: float) -> None:
@@ -792,9 +792,9 @@ class Memo:
 
     It is served while the store's change counter is the one read before the answer was
     made (any write anywhere moves it: a publish, a revocation, a role change) and ``until``
-    has not passed. A hit costs the counter read and two ASGI messages: no routing, no
-    authentication, no cache lookups. Bodies are mostly shared with the packument and blob
-    caches.
+    has not passed. A hit costs the counter read and one write to the socket (two ASGI
+    messages on a server other than uvicorn): no routing, no authentication, no cache
+    lookups. Bodies are mostly shared with the packument and blob caches.
     """
 
     seq: int
@@ -802,6 +802,15 @@ class Memo:
     kind: str
     body: bytes
     headers: list[tuple[bytes, bytes]]
+    #: ``headers`` encoded for :func:`write_whole`; None where they must go through ASGI.
+    head: bytes | None = None
+
+
+async def _send_memo(send: Send, hit: Memo, head_only: bool) -> None:
+    if hit.head is not None and write_whole(send, hit.head, hit.body, head_only):
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": hit.headers})
+    await send({"type": "http.response.body", "body": b"" if head_only else hit.body})
 
 
 class PrebuiltResponse(Response):

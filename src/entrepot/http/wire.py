@@ -1,0 +1,108 @@
+"""A remembered answer written to uvicorn's transport in one piece.
+
+uvicorn's httptools cycle turns an ``http.response.start`` message into a header block (two
+regular-expression checks per header) and writes it to the socket, then writes the body
+with a second ``send(2)``. For an answer that was finished before (a :class:`Memo` hit) both
+are waste: its header block is checked and encoded once, when it is remembered, and the
+status line, uvicorn's own default headers (``date``), that block and the body go out in
+one write. The cycle is then left exactly as its own ``send`` would leave it after the last
+body message, so keep-alive, pipelining and timeouts work as before.
+
+This relies on the cycle's attributes, as the zero-copy tarball path does
+(:func:`entrepot.http.app._plain_socket_of`); :func:`write_whole` checks the cycle's type
+and every attribute it touches, and returns False (the caller sends the two ASGI messages)
+for any other server, an access log, a connection that closes after this answer, a
+transport whose writes are paused, or a cycle that has started answering.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: What uvicorn refuses in a header name or value (its ``HEADER_RE``/``HEADER_VALUE_RE``).
+_BAD_NAME = re.compile(rb'[\x00-\x1F\x7F()<>@,;:\[\]={} \t\\"]')
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0A-\x1F\x7F]")
+_STATUS_200 = b"HTTP/1.1 200 OK\r\n"
+
+_cycle_type: Any = None
+#: uvicorn's default headers (a list it replaces every second, for ``date``) and their bytes.
+_defaults: tuple[object, bytes] = (None, b"")
+
+
+def encode_head(headers: list[tuple[bytes, bytes]], body_length: int) -> bytes | None:
+    """The header block of a 200 answer with ``body_length`` bytes of body, as uvicorn would
+    write it after its own default headers, ending with the blank line; None where uvicorn
+    would do more than write it (no Content-Length, a Connection or Transfer-Encoding
+    header) or refuse it."""
+    parts: list[bytes] = []
+    length: int | None = None
+    for name, value in headers:
+        if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+            return None
+        name = name.lower()
+        if name in (b"connection", b"transfer-encoding"):
+            return None
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        parts += (name, b": ", value, b"\r\n")
+    if length != body_length:
+        return None
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _uvicorn_cycle_type() -> Any:
+    global _cycle_type
+    if _cycle_type is None:
+        try:
+            from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+        except ImportError:  # pragma: no cover - uvicorn is a dependency
+            return None
+        _cycle_type = RequestResponseCycle
+    return _cycle_type
+
+
+def write_whole(send: Any, head: bytes, body: bytes, head_only: bool) -> bool:
+    """Write a whole 200 answer (``head`` from :func:`encode_head`) through the uvicorn
+    cycle behind ``send`` in one transport write; False, having written nothing, when the
+    caller must send it as ASGI messages instead."""
+    global _defaults
+    cycle: Any = getattr(send, "__self__", None)
+    if cycle is None or type(cycle) is not _uvicorn_cycle_type():
+        return False
+    if (
+        cycle.response_started
+        or cycle.disconnected
+        or not cycle.keep_alive
+        or cycle.access_log
+        or cycle.flow.write_paused
+    ):
+        return False
+    defaults = cycle.default_headers
+    cached, block = _defaults
+    if cached is not defaults:
+        parts: list[bytes] = []
+        for name, value in defaults:
+            if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+                return False
+            lowered = name.lower()
+            if lowered in (b"connection", b"transfer-encoding", b"content-length"):
+                return False
+            parts += (lowered, b": ", value, b"\r\n")
+        block = b"".join(parts)
+        _defaults = (defaults, block)
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    cycle.chunked_encoding = False
+    cycle.expected_content_length = 0
+    if head_only:
+        cycle.transport.write(_STATUS_200 + block + head)
+    else:
+        cycle.transport.write(b"".join((_STATUS_200, block, head, body)))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    cycle.on_response()
+    return True
