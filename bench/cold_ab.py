@@ -6,6 +6,7 @@ Uses the fixture and the 20 ms upstream of ``bench/installs.py`` (run that once 
 
     git worktree add /tmp/before <commit> && (cd /tmp/before && ./run --help)
     .venv/bin/python bench/cold_ab.py --before /tmp/before/.venv/bin/entrepot --rounds 5
+    .venv/bin/python bench/cold_ab.py --before ... --store pg+s3   # each install on a new database
 
 Each round installs through the "before" build, the "after" build (``.venv/bin/entrepot``
 of this checkout unless ``--after`` says otherwise) and straight from the upstream, in an
@@ -16,6 +17,7 @@ dropped page cache. Prints every install and the medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 from collections.abc import Sequence
@@ -33,13 +35,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--after", default=None, help="of the other (default: this checkout)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tree", choices=("small", "large"), default="large")
+    parser.add_argument(
+        "--store",
+        choices=("embedded", "pg+s3"),
+        default="embedded",
+        help="the builds' store: SQLite + a folder, or PostgreSQL + SeaweedFS S3",
+    )
     args = parser.parse_args(argv)
     builds = {"before": args.before, "after": args.after or entrepot_command()}
     b.DROP_PAGE_CACHE = b.can_drop_page_cache()
     fixture = b.ensure_fixture(args.tree, b.npm_registry())
     upstream = b.start_delayed_upstream(fixture)
     results: dict[str, list[b.Install]] = {label: [] for label in (*builds, "straight")}
+    stores = contextlib.ExitStack()
     try:
+        if args.store == "pg+s3":
+            b.SHARED = stores.enter_context(b.shared_stores())
         for round_ in range(args.rounds):
             order = list(results)
             for label in order[round_ % 3 :] + order[: round_ % 3]:
@@ -61,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"server {result.server_cpu:.2f} CPU-s, client {result.client_cpu:.1f} CPU-s"
                 )
     finally:
+        stores.close()
         upstream.stop()
     straight = statistics.median(r.seconds for r in results["straight"])
     for label, runs in results.items():
