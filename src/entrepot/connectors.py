@@ -484,9 +484,9 @@ class Upstreams:
     async def _fetch(
         self, connector: Connector, name: str, cached: UpstreamDoc | None, abbreviated: bool
     ) -> UpstreamDoc | None:
-        """One upstream request for the name. Where other processes share the store, it is
-        coalesced across them with a lease: the holder fetches, the others wait for its
-        answer to land in the shared cache."""
+        """One upstream request for the name. Where other processes share the store (and
+        one is using it now), it is coalesced across them with a lease: the holder
+        fetches, the others wait for its answer to land in the shared cache."""
         lease = f"doc:{connector.id}:{name}"
         started = time.time()
         deadline = time.monotonic() + self._timeout + 5
@@ -494,7 +494,9 @@ class Upstreams:
         # Without a copy, the caller has just read the store and found none: the first
         # look is under the lease.
         look = cached is not None
-        while self.shared:
+        # Alone on a shared store, a lease would wait for nobody: three statements spared.
+        shared = self.shared and not await self.meta.alone()
+        while shared:
             # Another process may have refreshed it meanwhile.
             stored = await self.meta.get_upstream_doc(connector.id, name) if look else None
             look = True

@@ -11,6 +11,7 @@ import pytest
 from entrepot.auth import Authenticator, hash_token, new_token_secret
 from entrepot.errors import Unauthorized
 from entrepot.npm.semver import parse_version
+from entrepot.storage import postgres as postgres_store
 from entrepot.storage.base import (
     AlreadyExists,
     NewVersion,
@@ -293,5 +294,80 @@ def test_fresh_reads_survive_losing_their_connection(
                 assert len(await readers()) == 1  # connected again
         finally:
             await store.close()
+
+    runner.run(body())
+
+
+async def _listening(store: PostgresMetadataStore) -> None:
+    assert store._follower is not None
+    for _ in range(500):
+        if store._follower.backend_pid is not None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the store's listening connection did not come up in 5 s")
+
+
+def test_a_store_knows_whether_another_process_has_the_database_open(
+    postgres_url: str, runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``alone()`` lets a lone server skip the leases that coordinate upstream fetches
+    between processes: true only while no other store (process) has the database open, and
+    false whenever the store cannot tell."""
+    monkeypatch.setattr(postgres_store, "ALONE_TTL", 0.0)  # every call looks again
+
+    async def body() -> None:
+        (a,) = await open_many(postgres_url, 1)
+        try:
+            await _listening(a)
+            assert await a.alone() is True
+            (b,) = await open_many(postgres_url, 1)
+            try:
+                await _listening(b)
+                assert await a.alone() is False
+                assert await b.alone() is False
+            finally:
+                await b.close()
+            for _ in range(500):  # the server ends B's backends just after B closes them
+                if await a.alone():
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("A still sees B 5 s after B closed")
+            assert a._follower is not None
+            await a._follower.stop()
+            assert await a.alone() is False  # its own listening connection is down
+        finally:
+            await a.close()
+
+    runner.run(body())
+
+
+def test_concurrent_questions_share_one_look_and_the_answer_is_kept_a_moment(
+    postgres_url: str, runner: asyncio.Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body() -> None:
+        (a,) = await open_many(postgres_url, 1)
+        looks = 0
+        real = a._look_alone
+
+        async def counted() -> bool:
+            nonlocal looks
+            looks += 1
+            await asyncio.sleep(0.05)
+            return await real()
+
+        monkeypatch.setattr(a, "_look_alone", counted)
+        try:
+            await _listening(a)
+            assert await asyncio.gather(*(a.alone() for _ in range(20))) == [True] * 20
+            assert looks == 1
+            assert await a.alone() is True
+            assert looks == 1  # within ALONE_TTL: kept
+            monkeypatch.setattr(postgres_store, "ALONE_TTL", 0.0)
+            a._alone = (True, 0.0)
+            assert await a.alone() is True
+            assert looks == 2
+        finally:
+            await a.close()
 
     runner.run(body())

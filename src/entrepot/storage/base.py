@@ -331,6 +331,13 @@ class MetadataStore(Protocol):
         """Give up a lease early (only the holder's own)."""
         ...
 
+    async def alone(self) -> bool:
+        """True when this process is known to be the only server using the store just
+        now, so that leases would coordinate with nobody; False when others are, or when
+        the store cannot tell. A hint: a process that starts meanwhile may be missed for
+        a moment, which costs at most a duplicate upstream fetch."""
+        ...
+
     # roles
     async def set_role(self, feed_id: int, user_id: int, role: str | None) -> None:
         """Grant a role on a feed (one of :data:`ROLES`), or remove it with None."""

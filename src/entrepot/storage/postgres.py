@@ -301,6 +301,8 @@ class _SeqFollower:
     def __init__(self, url: str) -> None:
         self.url = url
         self.value: int | None = None
+        #: The server process behind the listening connection, while it is up.
+        self.backend_pid: int | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -311,18 +313,20 @@ class _SeqFollower:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.backend_pid = None
 
     async def _run(self) -> None:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, connect_timeout=5
+                    self.url, autocommit=True, connect_timeout=5, application_name=FOLLOWER_NAME
                 ) as conn:
                     await conn.execute("LISTEN entrepot_seq")
                     # Read after LISTEN: nothing committed from here on can be missed.
                     cur = await conn.execute("SELECT value FROM meta WHERE key = 'seq'")
                     row = await cur.fetchone()
                     self.value = max(self.value or 0, int(row[0]) if row else 0)
+                    self.backend_pid = conn.info.backend_pid
                     async for note in conn.notifies():
                         if note.payload.isdigit():
                             self.value = max(self.value or 0, int(note.payload))
@@ -330,8 +334,20 @@ class _SeqFollower:
                 raise
             except Exception as exc:  # any failure: fall back to asking, and reconnect
                 self.value = None
+                self.backend_pid = None
                 log.warning("seq follower lost its connection (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(1)
+
+
+#: The application name of every store's listening connection: one per process that has
+#: the store open (servers, and admin commands while they run).
+FOLLOWER_NAME = "entrepot-follower"
+_OTHERS_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name = %s AND pid <> %s)"
+)
+#: How long an answer of :meth:`PostgresMetadataStore.alone` is kept.
+ALONE_TTL = 1.0
 
 
 _SEQ_STATEMENT = b"entrepot_seq"
@@ -460,6 +476,9 @@ class PostgresMetadataStore:
         self._wrote = True
         #: The schema version ``open(upgrade=True)`` found and upgraded, if it did.
         self.upgraded_from = upgraded_from
+        #: alone(): the last answer, until when it holds, and the look in progress.
+        self._alone = (False, 0.0)
+        self._alone_look: asyncio.Future[bool] | None = None
 
     @classmethod
     async def open(
@@ -615,6 +634,40 @@ class PostgresMetadataStore:
         if fresh and (memo := seq_memo.get()) is not None:
             memo["fresh"] = value
         return value
+
+    async def alone(self) -> bool:
+        """Whether no other process has this database open as a store: no other listening
+        connection of ours in ``pg_stat_activity``. Asked at most once per ALONE_TTL
+        (callers in the meantime share the answer); False while our own listening
+        connection is down or the database does not answer."""
+        answer, until = self._alone
+        if time.monotonic() < until:
+            return answer
+        if self._alone_look is not None:
+            return await asyncio.shield(self._alone_look)
+        look: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._alone_look = look
+        try:
+            answer = await self._look_alone()
+            self._alone = (answer, time.monotonic() + ALONE_TTL)
+        except BaseException:
+            answer = False
+            raise
+        finally:
+            self._alone_look = None
+            look.set_result(answer)
+        return answer
+
+    async def _look_alone(self) -> bool:
+        follower = self._follower
+        pid = follower.backend_pid if follower is not None else None
+        if pid is None:
+            return False
+        try:
+            rows = await self._read(_OTHERS_SQL, (FOLLOWER_NAME, pid))
+        except (StoreUnavailable, psycopg.Error):
+            return False
+        return not rows[0][0]
 
     async def _read_seq(self) -> int:
         return int((await self._read("SELECT value FROM meta WHERE key = 'seq'"))[0][0])

@@ -692,6 +692,10 @@ class SQLiteMetadataStore:
 
         return await self._write(work)
 
+    async def alone(self) -> bool:
+        # Worker processes share the file unseen; the server says when it runs alone.
+        return False
+
     async def acquire_lease(self, key: str, holder: str, seconds: float) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             now = time.time()
