@@ -281,3 +281,15 @@ def test_headers_uvicorn_would_refuse_or_rework_are_left_to_it() -> None:
         (b"content-length", b"2"),  # twice
     ):
         assert encode_head([*good, bad], 2) is None, bad
+
+
+def test_a_cycle_without_the_attributes_it_needs_gets_its_own_send() -> None:
+    """A uvicorn whose cycle has changed shape: nothing is written, the caller sends the
+    ASGI messages."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    bare = RequestResponseCycle.__new__(RequestResponseCycle)  # no attributes at all
+    head = encode_head([(b"content-length", b"2")], 2)
+    assert head is not None
+    assert wire.write_whole(bare.send, head, b"{}", False) is False
+    assert not hasattr(bare, "response_started")  # nothing was set either

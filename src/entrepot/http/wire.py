@@ -9,10 +9,11 @@ one write. The cycle is then left exactly as its own ``send`` would leave it aft
 body message, so keep-alive, pipelining and timeouts work as before.
 
 This relies on the cycle's attributes, as the zero-copy tarball path does
-(:func:`entrepot.http.app._plain_socket_of`); :func:`write_whole` checks the cycle's type
-and every attribute it touches, and returns False (the caller sends the two ASGI messages)
-for any other server, an access log, a connection that closes after this answer, a
-transport whose writes are paused, or a cycle that has started answering.
+(:func:`entrepot.http.app._plain_socket_of`). :func:`write_whole` checks the cycle's class
+and reads every attribute it needs before it writes anything, and returns False (the caller
+sends the two ASGI messages) for any other server, a cycle that lacks one of them, an
+access log, a connection that closes after this answer, a transport whose writes are
+paused, or a cycle that has started answering.
 """
 
 from __future__ import annotations
@@ -73,15 +74,24 @@ def write_whole(send: Any, head: bytes, body: bytes, head_only: bool) -> bool:
     cycle: Any = getattr(send, "__self__", None)
     if cycle is None or type(cycle) is not _uvicorn_cycle_type():
         return False
-    if (
-        cycle.response_started
-        or cycle.disconnected
-        or not cycle.keep_alive
-        or cycle.access_log
-        or cycle.flow.write_paused
-    ):
+    try:
+        busy = (
+            cycle.response_started
+            or cycle.disconnected
+            or not cycle.keep_alive
+            or cycle.access_log
+            or cycle.flow.write_paused
+        )
+        defaults = cycle.default_headers
+        transport, message_event, on_response = (
+            cycle.transport,
+            cycle.message_event,
+            cycle.on_response,
+        )
+    except AttributeError:  # a uvicorn whose cycle differs: its own send, unchanged
         return False
-    defaults = cycle.default_headers
+    if busy:
+        return False
     cached, block = _defaults
     if cached is not defaults:
         parts: list[bytes] = []
@@ -99,10 +109,10 @@ def write_whole(send: Any, head: bytes, body: bytes, head_only: bool) -> bool:
     cycle.chunked_encoding = False
     cycle.expected_content_length = 0
     if head_only:
-        cycle.transport.write(_STATUS_200 + block + head)
+        transport.write(_STATUS_200 + block + head)
     else:
-        cycle.transport.write(b"".join((_STATUS_200, block, head, body)))
+        transport.write(b"".join((_STATUS_200, block, head, body)))
     cycle.response_complete = True
-    cycle.message_event.set()
-    cycle.on_response()
+    message_event.set()
+    on_response()
     return True
