@@ -1,5 +1,6 @@
-"""Remembered answers written to the socket in one piece (``entrepot.http.wire``): on the wire
-they are what uvicorn itself sends for the same answer, byte for byte apart from the date,
+"""Packument and small-tarball answers written to the socket in one piece
+(``entrepot.http.wire``), first and remembered alike: on the wire they are what uvicorn
+itself sends for the same answer, byte for byte apart from the date,
 on kept-alive and pipelined connections, for GET and HEAD; a request that asks to close the
 connection gets its answer and then the close. Raw loopback sockets against a real server,
 plus uvicorn in-process to see which path answered.
@@ -8,6 +9,7 @@ plus uvicorn in-process to see which path answered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import subprocess
@@ -101,6 +103,8 @@ class Served:
     token: str
     #: What each call of ``write_whole`` returned (in-process server only).
     whole: list[bool]
+    #: Set False to make ``write_whole`` step aside: uvicorn's own send answers.
+    one_write: list[bool] = dataclasses.field(default_factory=lambda: [True])
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +134,11 @@ def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serv
     )
     token = created.stdout.strip()
     whole: list[bool] = []
+    one_write = [True]
     original = wire.write_whole
 
     def watched(*args: Any) -> bool:
-        result = original(*args)
+        result = one_write[0] and original(*args)
         whole.append(result)
         return result
 
@@ -156,21 +161,21 @@ def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serv
             trust_env=False,
         ) as http:
             assert publish(http, "wire-pkg", "1.0.0").status_code == 201
-        yield Served(port, token, whole)
+        yield Served(port, token, whole, one_write)
     finally:
         server.should_exit = True
         thread.join(30)
         sock.close()
 
 
-def test_a_remembered_answer_is_what_uvicorn_sends_byte_for_byte(served: Served) -> None:
+def test_first_remembered_and_head_answers_agree(served: Served) -> None:
     for path in ("/npm/main/wire-pkg", "/npm/main/@wire%2fscoped"):
         tarball = f"{path}/-/{path.rsplit('/', 1)[-1].split('%2f')[-1]}-1.0.0.tgz"
         for target in (path, tarball):
             conn = Connection(served.port)
             try:
                 conn.send(request("GET", target, served.port, served.token))
-                first = conn.answer()  # made by the app, sent through ASGI
+                first = conn.answer()  # made by the app
                 conn.send(request("GET", target, served.port, served.token))
                 again = conn.answer()  # remembered
                 conn.send(request("HEAD", target, served.port, served.token))
@@ -182,6 +187,39 @@ def test_a_remembered_answer_is_what_uvicorn_sends_byte_for_byte(served: Served)
             assert again.without_date() == first.without_date() == head.without_date()
             assert again.body == first.body and len(first.body) > 0
             assert head.body == b""
+
+
+def test_one_write_answers_are_what_uvicorn_sends_byte_for_byte(
+    in_process: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same answers through uvicorn's own send and in one write, first (made by the
+    app) and remembered: the same bytes apart from the date."""
+    quiet_uvicorn_access_log(monkeypatch)
+    port, token = in_process.port, in_process.token
+    for target in ("/npm/main/wire-pkg", "/npm/main/wire-pkg/-/wire-pkg-1.0.0.tgz"):
+        answers: list[Answer] = []
+        heads: list[Answer] = []
+        for one_write, variant in ((False, 'W/"a"'), (True, 'W/"b"')):
+            in_process.one_write[0] = one_write
+            conn = Connection(port)
+            try:
+                # An If-None-Match that matches nothing: a 200 filed apart, made anew.
+                for _ in range(2):  # made by the app, then remembered
+                    conn.send(request("GET", target, port, token, f"If-None-Match: {variant}"))
+                    answers.append(conn.answer())
+                conn.send(request("HEAD", target, port, token, f"If-None-Match: {variant}"))
+                heads.append(conn.answer(head_only=True))
+            finally:
+                conn.close()
+        assert in_process.whole[-6:] == [False] * 3 + [True] * 3
+        reference = answers[0]
+        assert reference.status_line == b"HTTP/1.1 200 OK" and len(reference.body) > 0
+        for answer in (*answers, *heads):
+            assert answer.status_line == reference.status_line
+            assert answer.headers[0][0] == b"date"
+            assert answer.without_date() == reference.without_date()
+        assert all(answer.body == reference.body for answer in answers)
+        assert all(head.body == b"" for head in heads)
 
 
 def test_pipelined_requests_get_their_answers_in_order(served: Served) -> None:
@@ -238,14 +276,14 @@ def test_the_one_write_path_answers_repeats_and_steps_aside_for_a_close(
     try:
         conn.send(request("GET", "/npm/main/wire-pkg", port, token))
         first = conn.answer()
-        assert in_process.whole == []  # not remembered yet: answered through ASGI
+        assert in_process.whole == [True]  # the first answer, made by the app, in one write
         for _ in range(3):
             conn.send(request("GET", "/npm/main/wire-pkg", port, token))
             assert conn.answer().body == first.body
-        assert in_process.whole == [True, True, True]
+        assert in_process.whole == [True] * 4  # and the remembered ones
         conn.send(request("GET", "/npm/main/wire-pkg", port, token, "Connection: close"))
         assert conn.answer().body == first.body
-        assert in_process.whole == [True, True, True, False]  # uvicorn closes, as it should
+        assert in_process.whole == [True] * 4 + [False]  # uvicorn closes, as it should
         assert conn.closed_by_server()
     finally:
         conn.close()
@@ -265,7 +303,7 @@ def test_uvicorn_logging_access_takes_the_asgi_path(
             assert conn.answer().status_line == b"HTTP/1.1 200 OK"
     finally:
         conn.close()
-    assert in_process.whole == [False, False]
+    assert in_process.whole == [False, False, False]
 
 
 def test_headers_uvicorn_would_refuse_or_rework_are_left_to_it() -> None:

@@ -166,8 +166,7 @@ class EntrepotApp:
             and isinstance(response.body, bytes)
         ):
             body, headers = response.body, response.raw_headers
-            head = encode_head(headers, len(body))
-            self._memo.put(key, Memo(seq_before, until, kind, body, headers, head))
+            self._memo.put(key, Memo(seq_before, until, kind, body, headers, response.head))
         self._observe(scope, kind, response.status_code, started)
 
     def _observe(self, scope: Scope, kind: str, status: int, started: float) -> None:
@@ -424,13 +423,11 @@ class EntrepotApp:
             headers["Content-Length"] = str(len(body))
             if gzipped:
                 headers["Content-Encoding"] = "gzip"
-            raw = rendered.http_cache[key] = (
-                body,
-                [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()],
-            )
+            encoded = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
+            raw = rendered.http_cache[key] = (body, encoded, encode_head(encoded, len(body)))
         # An upstream copy is good until it must be revalidated; a local one until a write.
         _memo_until(request.scope, rendered.fresh_until if rendered.package_seq < 0 else None)
-        return PrebuiltResponse(raw[0], raw[1])
+        return PrebuiltResponse(*raw)
 
     async def version_manifest(
         self, request: Request, feed: Feed, name: str, spec: str
@@ -814,19 +811,26 @@ async def _send_memo(send: Send, hit: Memo, head_only: bool) -> None:
 
 
 class PrebuiltResponse(Response):
-    """A response whose header block was built before: the packument hot path skips
-    Starlette's per-response header assembly."""
+    """A 200 response whose header block was built before: the packument hot path skips
+    Starlette's per-response header assembly, and on uvicorn the answer goes out in one
+    write (:func:`write_whole`). ``head``: the block encoded by :func:`encode_head` when the
+    caller keeps one (a packument variant's); else it is encoded here."""
 
-    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, body: bytes, raw_headers: list[tuple[bytes, bytes]], head: bytes | None = None
+    ) -> None:
         self.status_code = 200
         self.body = body
         self.raw_headers = raw_headers
         self.background = None
+        self.head = head if head is not None else encode_head(raw_headers, len(body))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        head_only = scope["method"] == "HEAD"
+        if self.head is not None and write_whole(send, self.head, self.body, head_only):
+            return
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        body = b"" if scope["method"] == "HEAD" else self.body
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head_only else self.body})
 
 
 def _loggable_path(scope: Scope) -> str:

@@ -66,7 +66,7 @@ def _uvicorn_cycle_type() -> Any:
     return _cycle_type
 
 
-def write_whole(send: Any, head: bytes, body: bytes, head_only: bool) -> bool:
+def write_whole(send: Any, head: bytes, body: bytes | memoryview, head_only: bool) -> bool:
     """Write a whole 200 answer (``head`` from :func:`encode_head`) through the uvicorn
     cycle behind ``send`` in one transport write; False, having written nothing, when the
     caller must send it as ASGI messages instead."""
