@@ -4,6 +4,7 @@ separate server processes would have) writing to one database at once."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import psycopg
 import pytest
@@ -348,15 +349,16 @@ def test_concurrent_questions_share_one_look_and_the_answer_is_kept_a_moment(
     async def body() -> None:
         (a,) = await open_many(postgres_url, 1)
         looks = 0
-        real = a._look_alone
+        real = a._read
 
-        async def counted() -> bool:
+        async def counted(query: str, args: Any = ()) -> list[tuple[Any, ...]]:
             nonlocal looks
-            looks += 1
-            await asyncio.sleep(0.05)
-            return await real()
+            if query == postgres_store._OTHERS_SQL:
+                looks += 1
+                await asyncio.sleep(0.05)
+            return await real(query, args)
 
-        monkeypatch.setattr(a, "_look_alone", counted)
+        monkeypatch.setattr(a, "_read", counted)
         try:
             await _listening(a)
             assert await asyncio.gather(*(a.alone() for _ in range(20))) == [True] * 20

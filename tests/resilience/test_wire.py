@@ -102,7 +102,7 @@ class Served:
     port: int
     token: str
     #: What each call of ``write_whole`` returned (in-process server only).
-    whole: list[bool]
+    whole: list[bool] = dataclasses.field(default_factory=list)
     #: Set False to make ``write_whole`` step aside: uvicorn's own send answers.
     one_write: list[bool] = dataclasses.field(default_factory=lambda: [True])
 
@@ -116,7 +116,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         with client(server, token) as http:
             for name in ("wire-pkg", "@wire/scoped"):
                 assert publish(http, name, "1.0.0").status_code == 201
-        yield Served(server.port, token, [])
+        yield Served(server.port, token)
 
 
 @pytest.fixture

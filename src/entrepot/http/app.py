@@ -43,7 +43,7 @@ from entrepot.http.bodies import read_body, read_json
 from entrepot.http.metrics import Metrics
 from entrepot.http.paths import split_path, take_package_name
 from entrepot.http.responses import JSON, error_response, json_response
-from entrepot.http.wire import encode_head, write_whole
+from entrepot.http.wire import encode_head, uvicorn_cycle, write_whole
 from entrepot.lru import SizedLRU
 from entrepot.npm.packument import CORGI
 from entrepot.registry import Registry, Rendered
@@ -98,7 +98,7 @@ class EntrepotApp:
         #: the packument cache's and the tarball cache's own bytes, shared, but an entry
         #: keeps its body alive after those caches let it go.
         self._memo: SizedLRU[tuple[Any, ...], Memo] = SizedLRU(
-            lambda memo: len(memo.body), max_bytes=64 * 1024 * 1024, max_entries=20_000
+            lambda memo: len(memo.answer.body), max_bytes=64 * 1024 * 1024, max_entries=20_000
         )
         self.registry = Registry(
             meta, blobs, max_unpacked=settings.max_unpacked_bytes, upstreams=upstreams
@@ -131,7 +131,7 @@ class EntrepotApp:
                 except StoreUnavailable:
                     current = None
                 if current == hit.seq and time.monotonic() < hit.until:
-                    await _send_memo(send, hit, scope["method"] == "HEAD")
+                    await hit.answer(scope, receive, send)
                     self._observe(scope, hit.kind, 200, started)
                     return
                 self._memo.drop(key)
@@ -165,8 +165,7 @@ class EntrepotApp:
             and isinstance(response, PrebuiltResponse)
             and isinstance(response.body, bytes)
         ):
-            body, headers = response.body, response.raw_headers
-            self._memo.put(key, Memo(seq_before, until, kind, body, headers, response.head))
+            self._memo.put(key, Memo(seq_before, until, kind, response))
         self._observe(scope, kind, response.status_code, started)
 
     def _observe(self, scope: Scope, kind: str, status: int, started: float) -> None:
@@ -631,8 +630,8 @@ def _plain_socket_of(send: Send) -> tuple[Any, int] | None:
     """uvicorn's response cycle behind ``send`` and its socket's descriptor, when the
     response may be written straight to that socket: plain TCP (never TLS), a
     Content-Length response, and nothing waiting in the transport's buffer."""
-    cycle = getattr(send, "__self__", None)
-    if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
+    cycle = uvicorn_cycle(send)
+    if cycle is None:
         return None
     transport = getattr(cycle, "transport", None)
     if transport is None or transport.is_closing():
@@ -797,17 +796,8 @@ class Memo:
     seq: int
     until: float
     kind: str
-    body: bytes
-    headers: list[tuple[bytes, bytes]]
-    #: ``headers`` encoded for :func:`write_whole`; None where they must go through ASGI.
-    head: bytes | None = None
-
-
-async def _send_memo(send: Send, hit: Memo, head_only: bool) -> None:
-    if hit.head is not None and write_whole(send, hit.head, hit.body, head_only):
-        return
-    await send({"type": "http.response.start", "status": 200, "headers": hit.headers})
-    await send({"type": "http.response.body", "body": b"" if head_only else hit.body})
+    #: The answer as first sent: it holds no per-request state, so it is sent again as is.
+    answer: PrebuiltResponse
 
 
 class PrebuiltResponse(Response):

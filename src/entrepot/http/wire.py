@@ -1,9 +1,9 @@
-"""A remembered answer written to uvicorn's transport in one piece.
+"""Packument and small-tarball answers written to uvicorn's transport in one piece.
 
 uvicorn's httptools cycle turns an ``http.response.start`` message into a header block (two
 regular-expression checks per header) and writes it to the socket, then writes the body
-with a second ``send(2)``. For an answer that was finished before (a :class:`Memo` hit) both
-are waste: its header block is checked and encoded once, when it is remembered, and the
+with a second ``send(2)``. For a prebuilt answer (a packument variant, a small tarball, a
+remembered answer) both are waste: its header block is checked and encoded once, and the
 status line, uvicorn's own default headers (``date``), that block and the body go out in
 one write. The cycle is then left exactly as its own ``send`` would leave it after the last
 body message, so keep-alive, pipelining and timeouts work as before.
@@ -21,49 +21,55 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
 #: What uvicorn refuses in a header name or value (its ``HEADER_RE``/``HEADER_VALUE_RE``).
 _BAD_NAME = re.compile(rb'[\x00-\x1F\x7F()<>@,;:\[\]={} \t\\"]')
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0A-\x1F\x7F]")
+#: Headers uvicorn acts on rather than only writes.
+_ACTED_ON = (b"connection", b"transfer-encoding")
 _STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 
-_cycle_type: Any = None
+
 #: uvicorn's default headers (a list it replaces every second, for ``date``) and their bytes.
 _defaults: tuple[object, bytes] = (None, b"")
 
 
-def encode_head(headers: list[tuple[bytes, bytes]], body_length: int) -> bytes | None:
-    """The header block of a 200 answer with ``body_length`` bytes of body, as uvicorn would
-    write it after its own default headers, ending with the blank line; None where uvicorn
-    would do more than write it (no Content-Length, a Connection or Transfer-Encoding
-    header) or refuse it."""
+def uvicorn_cycle(send: Any) -> Any:
+    """uvicorn's httptools response cycle behind ``send``, or None for any other server.
+    (Typed loosely: what is read from it is checked where it is read.)"""
+    cycle = getattr(send, "__self__", None)
+    return cycle if type(cycle) is RequestResponseCycle else None
+
+
+def _lines(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, int | None] | None:
+    """``headers`` as uvicorn writes them, and their Content-Length; None where uvicorn would
+    refuse one, act on one, or find Content-Length twice or malformed."""
     parts: list[bytes] = []
     length: int | None = None
     for name, value in headers:
         if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
             return None
         name = name.lower()
-        if name in (b"connection", b"transfer-encoding"):
+        if name in _ACTED_ON:
             return None
         if name == b"content-length":
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
         parts += (name, b": ", value, b"\r\n")
-    if length != body_length:
+    return b"".join(parts), length
+
+
+def encode_head(headers: list[tuple[bytes, bytes]], body_length: int) -> bytes | None:
+    """The header block of a 200 answer with ``body_length`` bytes of body, as uvicorn would
+    write it after its own default headers, ending with the blank line; None where uvicorn
+    would do more than write it (no Content-Length or a wrong one, a Connection or
+    Transfer-Encoding header) or refuse it."""
+    encoded = _lines(headers)
+    if encoded is None or encoded[1] != body_length:
         return None
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-def _uvicorn_cycle_type() -> Any:
-    global _cycle_type
-    if _cycle_type is None:
-        try:
-            from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
-        except ImportError:  # pragma: no cover - uvicorn is a dependency
-            return None
-        _cycle_type = RequestResponseCycle
-    return _cycle_type
+    return encoded[0] + b"\r\n"
 
 
 def write_whole(send: Any, head: bytes, body: bytes | memoryview, head_only: bool) -> bool:
@@ -71,8 +77,8 @@ def write_whole(send: Any, head: bytes, body: bytes | memoryview, head_only: boo
     cycle behind ``send`` in one transport write; False, having written nothing, when the
     caller must send it as ASGI messages instead."""
     global _defaults
-    cycle: Any = getattr(send, "__self__", None)
-    if cycle is None or type(cycle) is not _uvicorn_cycle_type():
+    cycle = uvicorn_cycle(send)
+    if cycle is None:
         return False
     try:
         busy = (
@@ -94,15 +100,10 @@ def write_whole(send: Any, head: bytes, body: bytes | memoryview, head_only: boo
         return False
     cached, block = _defaults
     if cached is not defaults:
-        parts: list[bytes] = []
-        for name, value in defaults:
-            if _BAD_NAME.search(name) or _BAD_VALUE.search(value):
-                return False
-            lowered = name.lower()
-            if lowered in (b"connection", b"transfer-encoding", b"content-length"):
-                return False
-            parts += (lowered, b": ", value, b"\r\n")
-        block = b"".join(parts)
+        encoded = _lines(defaults)
+        if encoded is None or encoded[1] is not None:
+            return False
+        block = encoded[0]
         _defaults = (defaults, block)
     cycle.response_started = True
     cycle.waiting_for_100_continue = False

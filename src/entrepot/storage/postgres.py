@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import orjson
 import psycopg
@@ -430,21 +430,22 @@ class _SeqReader:
                 await conn.close()
 
 
-class _Coalesced:
+class _Coalesced(Generic[T]):
     """One read for many callers, and never an answer older than the call: a caller that
     arrives while a read is on its way waits for the next one, which all who arrived in
     the meantime share (the first read may have been sent before they asked)."""
 
-    def __init__(self, read: Callable[[], Awaitable[int]]) -> None:
+    def __init__(self, read: Callable[[], Awaitable[T]], name: str = "entrepot-seq-read") -> None:
         self._read = read
-        self._next: asyncio.Future[int] | None = None
+        self._name = name
+        self._next: asyncio.Future[T] | None = None
         self._runner: asyncio.Task[None] | None = None
 
-    async def __call__(self) -> int:
+    async def __call__(self) -> T:
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
             if self._runner is None:
-                self._runner = asyncio.create_task(self._run(), name="entrepot-seq-read")
+                self._runner = asyncio.create_task(self._run(), name=self._name)
         # Shielded: a caller that gives up does not cancel the read the others wait for.
         return await asyncio.shield(self._next)
 
@@ -476,9 +477,9 @@ class PostgresMetadataStore:
         self._wrote = True
         #: The schema version ``open(upgrade=True)`` found and upgraded, if it did.
         self.upgraded_from = upgraded_from
-        #: alone(): the last answer, until when it holds, and the look in progress.
+        #: alone(): the last answer and until when it holds; looks shared by their callers.
         self._alone = (False, 0.0)
-        self._alone_look: asyncio.Future[bool] | None = None
+        self._look = _Coalesced(self._look_alone, "entrepot-alone")
 
     @classmethod
     async def open(
@@ -643,19 +644,8 @@ class PostgresMetadataStore:
         answer, until = self._alone
         if time.monotonic() < until:
             return answer
-        if self._alone_look is not None:
-            return await asyncio.shield(self._alone_look)
-        look: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._alone_look = look
-        try:
-            answer = await self._look_alone()
-            self._alone = (answer, time.monotonic() + ALONE_TTL)
-        except BaseException:
-            answer = False
-            raise
-        finally:
-            self._alone_look = None
-            look.set_result(answer)
+        answer = await self._look()
+        self._alone = (answer, time.monotonic() + ALONE_TTL)
         return answer
 
     async def _look_alone(self) -> bool:
