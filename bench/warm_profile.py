@@ -34,10 +34,12 @@ def rss_mib(server: Server) -> float:
     return max(server.rss_kib().values(), default=0) / 1024
 
 
-def record(spy: str, server: Server, output: Path, gil: bool) -> subprocess.Popen[bytes]:
-    """``py-spy record`` of the server into ``output`` (raw format, 200 samples/s)."""
+def record(
+    spy: str, server: Server, output: Path, gil: bool, rate: int
+) -> subprocess.Popen[bytes]:
+    """``py-spy record`` of the server into ``output`` (raw format, ``rate`` samples/s)."""
     command = [spy, "record", "-p", str(server.process.pid), "-o", str(output)]
-    command += ["-f", "raw", "-r", "200", "--nonblocking", *(["--gil"] if gil else [])]
+    command += ["-f", "raw", "-r", str(rate), "--nonblocking", *(["--gil"] if gil else [])]
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     return recorder
@@ -74,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warm", type=int, default=3, help="warm installs (default 3)")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the first warm one")
     parser.add_argument("--profile-fill", type=Path, help="py-spy raw profile of the cold fill")
+    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument(
         "--gil", action="store_true", help="profile only the thread holding the GIL"
     )
@@ -104,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return f", {made} database transactions"
 
         queries()
-        recorder = record(spy, server, args.profile_fill, args.gil) if args.profile_fill else None
+        recorder = record(spy, server, args.profile_fill, args.gil, args.rate) if args.profile_fill else None
         fill = b.install("npm", fixture, None, server.base, server, "warm-profile-fill")
         stop(recorder)
         say(f"cold fill: {fill.seconds:.1f} s, {fill.server_cpu:.2f} CPU-s{queries()}")
@@ -115,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"idle for 20 s: {server.cpu_seconds() - before:.2f} CPU-s")
         for i in range(args.warm):
             recorder = (
-                record(spy, server, args.profile, args.gil) if i == 0 and args.profile else None
+                record(spy, server, args.profile, args.gil, args.rate) if i == 0 and args.profile else None
             )
             result = b.install("npm", fixture, None, server.base, server, f"warm-profile-{i}")
             stop(recorder)

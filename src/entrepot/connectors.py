@@ -29,9 +29,9 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from entrepot.errors import BadRequest, NotFound, RegistryError
+from entrepot.errors import NotFound, UpstreamTimeout, UpstreamUnavailable
 from entrepot.lru import SizedLRU
-from entrepot.netguard import check_upstream_off_loop
+from entrepot.netguard import Guard, Resolutions, current_guard
 from entrepot.npm import semver
 from entrepot.npm.packument import CORGI
 from entrepot.storage.base import BlobStore, Connector, Feed, MetadataStore, UpstreamDoc
@@ -52,16 +52,6 @@ MAX_CONNECTIONS = 64
 
 #: The request extension that names a request's connector, for the SSRF guard on redirects.
 _CONNECTOR = "entrepot.connector"
-
-
-class UpstreamUnavailable(RegistryError):
-    """Every connector that could answer failed, and nothing is cached."""
-
-    status_code = 502
-
-
-class UpstreamTimeout(UpstreamUnavailable):
-    status_code = 504
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +221,8 @@ class Upstreams:
             client.event_hooks = {**hooks, "request": [*hooks["request"], self._guard_hop]}
         self._client = client
         self._client_options: dict[str, Any] = {"timeout": timeout, "verify": verify}
+        #: Upstream host names' addresses, for the SSRF guard and the connection pool.
+        self.resolutions = Resolutions()
         self._credentials = dict(credentials or {})
         #: Requests in flight by (connector id, name, abbreviated).
         self._inflight: dict[tuple[int, str, bool], asyncio.Task[UpstreamDoc | None]] = {}
@@ -278,7 +270,9 @@ class Upstreams:
                 event_hooks={"request": [self._guard_hop]},
                 # The limits hold for proxied requests, which go through httpx's own pool.
                 limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32),
-                transport=transport_for(self._client_options["verify"], MAX_CONNECTIONS),
+                transport=transport_for(
+                    self._client_options["verify"], MAX_CONNECTIONS, self.resolutions
+                ),
                 **self._client_options,
             )
         return self._client
@@ -314,16 +308,16 @@ class Upstreams:
         return {"Authorization": f"Bearer {secret}"}
 
     async def _guard_hop(self, request: httpx.Request) -> None:
-        """The SSRF guard, on every hop of every request (a request hook)."""
+        """The SSRF guard, on every hop of every request (a request hook). It also leaves
+        the request's rule where the connection pool's resolver finds it, should the hop
+        need a new connection (see :mod:`entrepot.netguard`)."""
         connector = request.extensions.get(_CONNECTOR)
         if not isinstance(connector, Connector):
+            current_guard.set(None)  # the strictest rule
             return
-        try:
-            await check_upstream_off_loop(
-                str(request.url), own_ports=self.own_ports, allow_internal=connector.allow_internal
-            )
-        except BadRequest as exc:
-            raise UpstreamUnavailable(f"connector {connector.name}: {exc.message}") from None
+        guard = Guard(connector.name, connector.allow_internal, frozenset(self.own_ports))
+        current_guard.set(guard)
+        await self.resolutions.check(str(request.url), guard)
 
     # -- packuments -------------------------------------------------------------------------
 

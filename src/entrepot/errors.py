@@ -120,6 +120,16 @@ class TooManyRequests(RegistryError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class UpstreamUnavailable(RegistryError):
+    """Every connector that could answer failed, and nothing is cached."""
+
+    status_code = 502
+
+
+class UpstreamTimeout(UpstreamUnavailable):
+    status_code = 504
+
+
 class InsufficientStorage(RegistryError):
     """The store has no room for the write; nothing was written."""
 

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import httpx
 
+from entrepot.netguard import GuardedResolver, Resolutions
+
 #: How much of a body is handed on at a time.
 CHUNK = 64 * 1024
 
@@ -26,7 +28,9 @@ CHUNK = 64 * 1024
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (made in the running loop at the first request), with at most
     ``max_connections`` connections, each kept ``keepalive`` seconds after its last answer
-    (below the 5 s after which Node.js servers, Verdaccio's among them, close idle ones)."""
+    (below the 5 s after which Node.js servers, Verdaccio's among them, close idle ones).
+    Host names are resolved through ``resolutions`` by the SSRF guard's resolver: a new
+    connection goes only to addresses the guard has checked for the request opening it."""
 
     def __init__(
         self,
@@ -34,10 +38,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         verify: ssl.SSLContext,
         max_connections: int = 64,
         keepalive: float = 4.0,
+        resolutions: Resolutions | None = None,
     ) -> None:
         self._ssl = verify
         self._max_connections = max_connections
         self._keepalive = keepalive
+        self._resolutions = resolutions or Resolutions()
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -46,6 +52,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit=self._max_connections,
                 keepalive_timeout=self._keepalive,
                 ssl=self._ssl,
+                # The resolver keeps answers itself, checked (aiohttp's cache would not be).
+                resolver=GuardedResolver(self._resolutions),
+                use_dns_cache=False,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -142,8 +151,12 @@ def _translate(exc: BaseException, request: httpx.Request, *, connecting: bool) 
     return kind(f"{type(exc).__name__}: {exc}", request=request)
 
 
-def transport_for(verify: str | bool, max_connections: int) -> AiohttpTransport:
+def transport_for(
+    verify: str | bool, max_connections: int, resolutions: Resolutions | None = None
+) -> AiohttpTransport:
     """The transport with the TLS settings httpx would use (certifi's CAs, or a bundle;
     ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment)."""
     context = httpx.create_ssl_context(verify=verify, trust_env=True)
-    return AiohttpTransport(verify=context, max_connections=max_connections)
+    return AiohttpTransport(
+        verify=context, max_connections=max_connections, resolutions=resolutions
+    )

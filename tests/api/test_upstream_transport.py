@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
 from tests.e2e.upstream import Mode, ScriptedUpstream
 
-from entrepot.connectors import UpstreamClient
+from entrepot import connectors, netguard
+from entrepot.connectors import UpstreamClient, Upstreams
+from entrepot.errors import UpstreamUnavailable
+from entrepot.netguard import Guard, current_guard
+from entrepot.storage.base import Connector
 from entrepot.upstream_http import transport_for
 
 T = TypeVar("T")
@@ -194,3 +199,135 @@ def test_the_connectors_client_keeps_no_cookies() -> None:
 
     asyncio.run(work())
     assert sent == [None, None]
+
+
+def connector_for(url: str, *, allow_internal: bool = False) -> Connector:
+    return Connector(
+        id=1,
+        feed_id=1,
+        name="up",
+        position=0,
+        url=url,
+        credential_kind=None,
+        credential_env=None,
+        allow=(),
+        block=(),
+        min_age_hours=None,
+        ttl=300,
+        allow_internal=allow_internal,
+    )
+
+
+def with_upstreams(work: Callable[[Upstreams], Awaitable[T]]) -> T:
+    """``work`` with the connectors' own client (their transport, guard and resolver)."""
+
+    async def run() -> T:
+        upstreams = Upstreams(cast(Any, None), cast(Any, None), timeout=5.0)
+        try:
+            return await work(upstreams)
+        finally:
+            await upstreams.close()
+
+    return asyncio.run(run())
+
+
+class Rebinding:
+    """``netguard.resolve`` for a name that first resolves to the scripted upstream, then
+    (as a rebinding attacker's DNS would answer) to the cloud metadata address."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, host: str, port: int) -> list[Any]:
+        self.calls += 1
+        if host == "127.0.0.1":
+            return [ipaddress.ip_address(host)]
+        assert host == "registry.example.test"
+        address = "127.0.0.1" if self.calls == 1 else "169.254.169.254"
+        return [ipaddress.ip_address(address)]
+
+
+def test_a_host_name_is_resolved_once_for_the_guard_and_the_connection(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool connects to the very addresses the guard checked: a name that resolves
+    elsewhere on a second lookup (DNS rebinding) gets no connection there."""
+    monkeypatch.setenv("NO_PROXY", "*")
+    upstream.packages.add("named", "1.0.0")
+    resolver = Rebinding()
+    monkeypatch.setattr(netguard, "resolve", resolver)
+    base = upstream.url.replace("127.0.0.1", "registry.example.test")
+    connector = connector_for(base)
+
+    async def work(upstreams: Upstreams) -> list[httpx.Response]:
+        answers = []
+        for _ in range(3):
+            answers.append(
+                await upstreams.client.get(
+                    f"{base}/named", extensions={connectors._CONNECTOR: connector}
+                )
+            )
+        # Once the kept answer is dropped, the name is looked up again and refused.
+        upstreams.resolutions.forget()
+        with pytest.raises(UpstreamUnavailable, match=r"connector up: .*cloud metadata"):
+            await upstreams.client.get(
+                f"{base}/named", extensions={connectors._CONNECTOR: connector}
+            )
+        return answers
+
+    answers = with_upstreams(work)
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert answers[0].content == upstream.packages.packument("named")
+    assert len(upstream.packument_requests("named")) == 3
+    assert resolver.calls == 2
+
+
+def test_a_new_connection_is_refused_where_the_name_now_resolves_inside(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard's check passed from a kept answer, the connection is opened after the
+    answer expired: the pool's resolver checks the new one and opens nothing."""
+    monkeypatch.setenv("NO_PROXY", "*")
+    upstream.packages.add("named", "1.0.0")
+    monkeypatch.setattr(netguard, "resolve", Rebinding())
+    base = upstream.url.replace("127.0.0.1", "registry.example.test")
+    connector = connector_for(base)
+
+    async def work(upstreams: Upstreams) -> None:
+        await upstreams.resolutions.check(base, Guard("up", False, frozenset()))
+        upstreams.resolutions.forget()  # expires between the check and the connection
+
+        async def passes(request: httpx.Request) -> None:
+            current_guard.set(Guard("up", False, frozenset()))  # the check already ran
+
+        upstreams.client.event_hooks["request"] = [passes]
+        with pytest.raises(UpstreamUnavailable, match="cloud metadata"):
+            await upstreams.client.get(
+                f"{base}/named", extensions={connectors._CONNECTOR: connector}
+            )
+
+    with_upstreams(work)
+    assert upstream.packument_requests("named") == []
+
+
+def test_the_pool_resolves_with_the_rule_of_the_request_that_opens_the_connection(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connector allowed inside resolves as aiohttp does, not by the strict rule."""
+    monkeypatch.setenv("NO_PROXY", "*")
+    upstream.packages.add("named", "1.0.0")
+    monkeypatch.setattr(netguard, "resolve", lambda host, port: [ipaddress.ip_address("fe80::1")])
+    base = upstream.url.replace("127.0.0.1", "localhost")
+    inside = connector_for(base, allow_internal=True)
+    outside = connector_for(base)
+
+    async def work(upstreams: Upstreams) -> httpx.Response:
+        with pytest.raises(UpstreamUnavailable, match="link-local"):
+            await upstreams.client.get(f"{base}/named", extensions={connectors._CONNECTOR: outside})
+        return await upstreams.client.get(
+            f"{base}/named", extensions={connectors._CONNECTOR: inside}
+        )
+
+    answer = with_upstreams(work)
+    assert answer.status_code == 200
+    assert answer.content == upstream.packages.packument("named")
