@@ -34,9 +34,7 @@ def rss_mib(server: Server) -> float:
     return max(server.rss_kib().values(), default=0) / 1024
 
 
-def record(
-    spy: str, server: Server, output: Path, gil: bool, rate: int
-) -> subprocess.Popen[bytes]:
+def record(spy: str, server: Server, output: Path, gil: bool, rate: int) -> subprocess.Popen[bytes]:
     """``py-spy record`` of the server into ``output`` (raw format, ``rate`` samples/s)."""
     command = [spy, "record", "-p", str(server.process.pid), "-o", str(output)]
     command += ["-f", "raw", "-r", str(rate), "--nonblocking", *(["--gil"] if gil else [])]
@@ -107,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return f", {made} database transactions"
 
         queries()
-        recorder = record(spy, server, args.profile_fill, args.gil, args.rate) if args.profile_fill else None
+        recorder = (
+            record(spy, server, args.profile_fill, args.gil, args.rate)
+            if args.profile_fill
+            else None
+        )
         fill = b.install("npm", fixture, None, server.base, server, "warm-profile-fill")
         stop(recorder)
         say(f"cold fill: {fill.seconds:.1f} s, {fill.server_cpu:.2f} CPU-s{queries()}")
@@ -118,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"idle for 20 s: {server.cpu_seconds() - before:.2f} CPU-s")
         for i in range(args.warm):
             recorder = (
-                record(spy, server, args.profile, args.gil, args.rate) if i == 0 and args.profile else None
+                record(spy, server, args.profile, args.gil, args.rate)
+                if i == 0 and args.profile
+                else None
             )
             result = b.install("npm", fixture, None, server.base, server, f"warm-profile-{i}")
             stop(recorder)
