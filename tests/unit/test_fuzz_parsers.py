@@ -387,6 +387,8 @@ _numbers = st.text(max_size=8) | st.sampled_from(
 @API_SETTINGS
 @given(_numbers)
 @example("\u00b2")
+@example("\x1f7")  # whitespace to str.strip(), not to int()
+@example("9" * 5000)  # over int()'s digit limit
 def test_numeric_query_parameters_never_cause_a_server_error(api: Api, value: str) -> None:
     quoted = quote(value, safe="")
     for path in (

@@ -565,9 +565,14 @@ def _writer(principal: Principal | None) -> Principal:
 
 
 def _int_param(value: str | None, default: int, low: int, high: int) -> int:
-    if value is None or not (value.isascii() and value.strip().isdigit()):
+    # Stripped once, then checked and converted: str.strip() and int() do not agree on
+    # what is whitespace (int(" 7") is 7, int("\x1f7") is an error).
+    digits = value.strip() if value is not None else ""
+    if not (digits.isascii() and digits.isdigit()):
         return default
-    return max(low, min(high, int(value)))
+    if len(digits) > 9:  # beyond any bound here (and int() refuses over 4,300 digits)
+        return high
+    return max(low, min(high, int(digits)))
 
 
 def _header(request: Request, name: bytes) -> str | None:
