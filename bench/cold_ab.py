@@ -7,6 +7,7 @@ Uses the fixture and the 20 ms upstream of ``bench/installs.py`` (run that once 
     git worktree add /tmp/before <commit> && (cd /tmp/before && ./run --help)
     .venv/bin/python bench/cold_ab.py --before /tmp/before/.venv/bin/entrepot --rounds 5
     .venv/bin/python bench/cold_ab.py --before ... --store pg+s3   # each install on a new database
+    .venv/bin/python bench/cold_ab.py --before ... --delay 0.1     # the upstream 100 ms away
 
 Each round installs through the "before" build, the "after" build (``.venv/bin/entrepot``
 of this checkout unless ``--after`` says otherwise) and straight from the upstream, in an
@@ -41,7 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="embedded",
         help="the builds' store: SQLite + a folder, or PostgreSQL + SeaweedFS S3",
     )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=b.UPSTREAM_DELAY,
+        help=f"seconds the upstream waits before each answer (default {b.UPSTREAM_DELAY})",
+    )
     args = parser.parse_args(argv)
+    b.UPSTREAM_DELAY = args.delay
     builds = {"before": args.before, "after": args.after or entrepot_command()}
     b.DROP_PAGE_CACHE = b.can_drop_page_cache()
     fixture = b.ensure_fixture(args.tree, b.npm_registry())
