@@ -108,7 +108,7 @@ class Guard:
 current_guard: contextvars.ContextVar[Guard | None] = contextvars.ContextVar(
     "entrepot_guard", default=None
 )
-_STRICT = Guard("", False, frozenset())
+_STRICT = Guard("(none named)", False, frozenset())
 
 
 class Resolutions:

@@ -175,13 +175,19 @@ def test_the_pool_connects_only_to_addresses_the_guard_checked(
     assert len(resolver.threads) == 1
 
 
-@pytest.mark.parametrize("guard", [STRICT, None], ids=["the request's rule", "no rule: strict"])
+@pytest.mark.parametrize(
+    ("guard", "named"),
+    [(STRICT, "connector up: "), (None, "connector (none named): ")],
+    ids=["the request's rule", "no rule: strict"],
+)
 def test_the_pool_refuses_a_name_that_resolves_inside(
-    monkeypatch: pytest.MonkeyPatch, guard: Guard | None
+    monkeypatch: pytest.MonkeyPatch, guard: Guard | None, named: str
 ) -> None:
     monkeypatch.setattr(netguard, "resolve", Resolver("fe80::1"))
-    with pytest.raises(UpstreamUnavailable, match=r"link-local.*--allow-internal"):
+    with pytest.raises(UpstreamUnavailable) as refused:
         resolve_in_pool("rebound.example.test", guard, Resolutions())
+    assert refused.value.message.startswith(named)
+    assert "link-local" in refused.value.message and "--allow-internal" in refused.value.message
 
 
 def test_the_pool_refuses_this_server_by_the_requests_own_ports(
