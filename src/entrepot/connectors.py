@@ -35,7 +35,15 @@ from entrepot.netguard import Guard, Resolutions, current_guard
 from entrepot.npm import semver
 from entrepot.npm.packument import CORGI
 from entrepot.storage.base import BlobStore, Connector, Feed, MetadataStore, UpstreamDoc
-from entrepot.upstream_http import transport_for
+from entrepot.upstream_http import (
+    DEFAULT_HEADERS,
+    REDIRECTS,
+    AiohttpTransport,
+    Answer,
+    HttpxAnswer,
+    proxied,
+    transport_for,
+)
 
 log = logging.getLogger("entrepot.connectors")
 
@@ -187,6 +195,21 @@ class UpstreamClient(httpx.AsyncClient):
     registry needs none, and the cookie jar's work on every response took 4% of the event
     loop in a cold install."""
 
+    def __init__(self, **options: Any) -> None:
+        options.setdefault("headers", DEFAULT_HEADERS)
+        super().__init__(**options)
+        transport = options.get("transport")
+        #: The transport's direct path for GETs, where httpx would hand them to that same
+        #: transport anyway: no proxy from the environment, none given, no other mounts.
+        self.direct: AiohttpTransport | None = (
+            transport
+            if isinstance(transport, AiohttpTransport)
+            and not options.get("proxy")
+            and not options.get("mounts")
+            and not proxied(bool(options.get("trust_env", True)))
+            else None
+        )
+
     @property
     def cookies(self) -> httpx.Cookies:
         return _NO_COOKIES
@@ -244,6 +267,8 @@ class Upstreams:
         )
         #: Documents whose last refresh failed: their cached copy is served marked stale.
         self._failing: set[tuple[int, str]] = set()
+        #: Connectors that answered a direct GET with a redirect: theirs go through httpx.
+        self._redirecting: set[int] = set()
         self._connectors: dict[int, tuple[int, list[Connector]]] = {}
         self.upstream_requests = 0
         self._timeout = timeout
@@ -315,9 +340,35 @@ class Upstreams:
         if not isinstance(connector, Connector):
             current_guard.set(None)  # the strictest rule
             return
+        await self._guard(connector, str(request.url))
+
+    async def _guard(self, connector: Connector, url: str) -> None:
+        """Refuse a request to ``url`` the connector's rule does not allow, and leave the
+        rule for the pool's resolver."""
         guard = Guard(connector.name, connector.allow_internal, frozenset(self.own_ports))
         current_guard.set(guard)
-        await self.resolutions.check(str(request.url), guard)
+        await self.resolutions.check(url, guard)
+
+    async def _get(self, connector: Connector, url: str, headers: dict[str, str]) -> Answer:
+        """GET ``url`` for ``connector``, its body not yet read. Sent on the pool's
+        connections directly where the client allows it (see :mod:`entrepot.upstream_http`),
+        through httpx otherwise and for a connector that redirects: httpx follows the
+        redirect, its hook guarding every hop and dropping credentials at another origin.
+        Raises httpx's exceptions, or UpstreamUnavailable when the guard refuses a hop."""
+        client = self.client
+        direct = client.direct if isinstance(client, UpstreamClient) else None
+        if direct is not None and connector.id not in self._redirecting:
+            await self._guard(connector, url)
+            answer = await direct.get(url, headers, self._timeout)
+            if answer.status not in REDIRECTS:
+                return answer
+            await answer.aclose()
+            # Asked again through httpx, from the start; and from now on, for this connector.
+            self._redirecting.add(connector.id)
+        request = client.build_request(
+            "GET", url, headers=headers, extensions={_CONNECTOR: connector}
+        )
+        return HttpxAnswer(await client.send(request, stream=True))
 
     # -- packuments -------------------------------------------------------------------------
 
@@ -567,29 +618,29 @@ class Upstreams:
         self.upstream_requests += 1
         parsed: dict[str, Any] | None = None
         try:
-            hop = {_CONNECTOR: connector}
-            async with self.client.stream("GET", url, headers=headers, extensions=hop) as response:
-                if response.status_code == 304 and cached is not None:
+            answer = await self._get(connector, url, headers)
+            try:
+                status = answer.status
+                if status == 304 and cached is not None:
                     doc = dataclasses.replace(cached, fetched=time.time())
-                elif response.status_code == 404:
+                elif status == 404:
                     doc = UpstreamDoc(404, None, time.time(), b"")
-                elif response.status_code == 200:
-                    body = await _read_limited(response, MAX_DOC_BYTES)
+                elif status == 200:
+                    body = await _read_limited(answer, MAX_DOC_BYTES)
                     parsed = _check_document(body, name)
                     # Only an answer that says it is abbreviated is taken as such: an
                     # upstream that ignores the Accept header sends the full document.
-                    short = response.headers.get("content-type", "").startswith(CORGI)
-                    etag = response.headers.get("etag")
+                    short = (answer.header("content-type") or "").startswith(CORGI)
+                    etag = answer.header("etag")
                     doc = UpstreamDoc(200, etag, time.time(), body, abbreviated and short)
-                elif response.status_code in (401, 403):
+                elif status in (401, 403):
                     raise UpstreamUnavailable(
-                        f"connector {connector.name} refused our credentials "
-                        f"(HTTP {response.status_code})"
+                        f"connector {connector.name} refused our credentials (HTTP {status})"
                     )
                 else:
-                    raise UpstreamUnavailable(
-                        f"connector {connector.name} answered HTTP {response.status_code}"
-                    )
+                    raise UpstreamUnavailable(f"connector {connector.name} answered HTTP {status}")
+            finally:
+                await answer.aclose()
         except httpx.TimeoutException:
             raise UpstreamTimeout(f"connector {connector.name} timed out") from None
         except httpx.HTTPError as exc:
@@ -660,12 +711,9 @@ class Upstreams:
         key = (connector.id, name, version)
         done = asyncio.Event()
         self._tarballs_inflight[key] = done
-        request = self.client.build_request(
-            "GET", url, headers=self._auth_headers(connector), extensions={_CONNECTOR: connector}
-        )
         self.upstream_requests += 1
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self._get(connector, url, self._auth_headers(connector))
         except UpstreamUnavailable:  # a redirect the SSRF guard refused
             self._finish(key, done)
             raise
@@ -677,21 +725,21 @@ class Upstreams:
             raise UpstreamUnavailable(
                 f"connector {connector.name} is unreachable ({type(exc).__name__})"
             ) from None
-        if response.status_code != 200:
+        if response.status != 200:
             await response.aclose()
             self._finish(key, done)
-            if response.status_code == 404:
+            if response.status == 404:
                 raise NotFound(f"{name}@{version}: the upstream has no tarball")
             raise UpstreamUnavailable(
-                f"connector {connector.name} answered HTTP {response.status_code} for a tarball"
+                f"connector {connector.name} answered HTTP {response.status} for a tarball"
             )
-        length = response.headers.get("content-length")
+        length = response.header("content-length")
         size = (
             int(length)
             if length
             and length.isascii()
             and length.isdigit()
-            and not response.headers.get("content-encoding")
+            and not response.header("content-encoding")
             else None
         )
         return TarballStream(size, self._relay(connector, name, version, dist, response, key, done))
@@ -706,7 +754,7 @@ class Upstreams:
         name: str,
         version: str,
         dist: Dist,
-        response: httpx.Response,
+        response: Answer,
         key: tuple[int, str, str],
         done: asyncio.Event,
     ) -> AsyncIterator[bytes]:
@@ -718,7 +766,7 @@ class Upstreams:
         # reaches the client complete (its Content-Length is not met, or chunking not ended).
         held = b""
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.chunks():
                 chunks.append(chunk)
                 sha512.update(chunk)
                 sha1.update(chunk)
@@ -787,10 +835,10 @@ class Upstreams:
         return None
 
 
-async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+async def _read_limited(response: Answer, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.chunks():
         size += len(chunk)
         if size > limit:
             raise UpstreamUnavailable(f"the upstream document is over {limit} bytes")

@@ -5,6 +5,7 @@ connectors (as the httpx exception they handle)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import ipaddress
 import socket
@@ -17,9 +18,9 @@ from tests.e2e.upstream import Mode, ScriptedUpstream
 
 from entrepot import connectors, netguard
 from entrepot.connectors import UpstreamClient, Upstreams
-from entrepot.errors import UpstreamUnavailable
+from entrepot.errors import UpstreamTimeout, UpstreamUnavailable
 from entrepot.netguard import Guard, current_guard
-from entrepot.storage.base import Connector
+from entrepot.storage.base import Connector, UpstreamDoc
 from entrepot.upstream_http import transport_for
 
 T = TypeVar("T")
@@ -331,3 +332,264 @@ def test_the_pool_resolves_with_the_rule_of_the_request_that_opens_the_connectio
     answer = with_upstreams(work)
     assert answer.status_code == 200
     assert answer.content == upstream.packages.packument("named")
+
+
+# -- the direct path: packuments and tarballs past httpx --------------------------------------
+
+
+def without_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any request through httpx fails the test: what follows must go the direct path."""
+
+    async def refuse(*args: Any, **kwargs: Any) -> httpx.Response:
+        raise AssertionError("sent through httpx")
+
+    monkeypatch.setattr(UpstreamClient, "send", refuse)
+
+
+def with_upstreams_of(
+    work: Callable[[Upstreams], Awaitable[T]], timeout: float = 5.0, **options: Any
+) -> T:
+    async def run() -> T:
+        upstreams = Upstreams(cast(Any, None), cast(Any, None), timeout=timeout, **options)
+        try:
+            return await work(upstreams)
+        finally:
+            await upstreams.close()
+
+    return asyncio.run(run())
+
+
+def test_packuments_and_tarballs_go_past_httpx_with_the_same_headers(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without_httpx(monkeypatch)
+    upstream.packages.add("direct", "1.0.0")
+    data = upstream.packages.tarball_of("direct", "1.0.0")
+    connector = connector_for(upstream.url)
+
+    async def work(upstreams: Upstreams) -> tuple[UpstreamDoc, UpstreamDoc, bytes]:
+        full, parsed = await upstreams._request(connector, "direct", None, abbreviated=False)
+        assert parsed is not None and parsed["name"] == "direct"
+        again, _ = await upstreams._request(connector, "direct", full, abbreviated=False)
+        url = upstream.url + upstream.packages.tarball_path("direct", "1.0.0")
+        answer = await upstreams._get(connector, url, {})
+        try:
+            assert answer.status == 200
+            body = b"".join([chunk async for chunk in answer.chunks()])
+        finally:
+            await answer.aclose()
+        return full, again, body
+
+    full, again, body = with_upstreams_of(work)
+    assert full.status == 200 and full.body == upstream.packages.packument("direct")
+    assert full.etag == upstream.packages.etag(full.body)
+    assert again.status == 200 and again.body == full.body  # a 304 keeps the cached copy
+    assert body == data
+    first, second = upstream.packument_requests("direct")
+    assert second.headers["if-none-match"] == full.etag
+    (tarball,) = upstream.tarball_requests("direct")
+    for sent in (first, tarball):
+        assert sent.headers["accept-encoding"] == "gzip, deflate"
+        assert sent.headers["user-agent"].startswith("entrepot/")
+    assert first.headers["accept"] == "application/json"
+    assert tarball.headers["accept"] == "*/*"
+
+
+def test_the_httpx_client_sends_the_same_default_headers(upstream: ScriptedUpstream) -> None:
+    async def work(upstreams: Upstreams) -> None:
+        await upstreams.client.get(f"{upstream.url}/-/ping")
+
+    with_upstreams_of(work)
+    (ping,) = upstream.requests
+    assert ping.headers["accept-encoding"] == "gzip, deflate"
+    assert ping.headers["accept"] == "*/*"
+    assert ping.headers["user-agent"].startswith("entrepot/")
+
+
+async def serve(answer: Callable[[bytes], bytes]) -> asyncio.Server:
+    """A loopback server answering each request head with ``answer(head)``, then closing."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer(head))
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def port_of(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
+def test_a_gzip_packument_is_decoded_on_the_direct_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_httpx(monkeypatch)
+    body = b'{"name":"zipped","versions":{}}' + b" " * 5000
+    packed = gzip.compress(body)
+
+    def answer(head: bytes) -> bytes:
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(packed) + packed
+        )
+
+    async def work(upstreams: Upstreams) -> UpstreamDoc:
+        async with await serve(answer) as server:
+            connector = connector_for(f"http://127.0.0.1:{port_of(server)}")
+            doc, _ = await upstreams._request(connector, "zipped", None, abbreviated=False)
+            return doc
+
+    assert with_upstreams_of(work).body == body
+
+
+def test_a_redirecting_connector_is_followed_through_httpx_without_its_credentials_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The direct path follows no redirect: the request goes again through httpx, which
+    guards every hop and drops the credentials at another origin; and later requests of
+    that connector go through httpx from the start."""
+    seen: list[tuple[str, str | None]] = []
+
+    def record(head: bytes) -> tuple[str, str | None]:
+        lines = head.decode("latin-1").split("\r\n")
+        path = lines[0].split(" ")[1]
+        fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        auth = {k.lower(): v for k, v in fields.items()}.get("authorization")
+        seen.append((path, auth))
+        return path, auth
+
+    def there(head: bytes) -> bytes:
+        record(head)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nthere"
+
+    async def work(upstreams: Upstreams) -> list[bytes]:
+        async with await serve(there) as elsewhere:
+            target = f"http://127.0.0.1:{port_of(elsewhere)}/there"
+
+            def moved(head: bytes) -> bytes:
+                path, _ = record(head)
+                where = b"http://169.254.169.254/x" if path == "/inside" else target.encode()
+                return b"HTTP/1.1 302 Found\r\nLocation: " + where + b"\r\n" + CLOSING
+
+            async with await serve(moved) as server:
+                base = f"http://127.0.0.1:{port_of(server)}"
+                connector = dataclasses.replace(
+                    connector_for(base), credential_kind="bearer", credential_env="UP_TOKEN"
+                )
+                auth = upstreams._auth_headers(connector)
+                assert auth == {"Authorization": "Bearer s3cret"}
+                bodies = []
+                for _ in range(2):
+                    answer = await upstreams._get(connector, f"{base}/moved", auth)
+                    assert answer.status == 200
+                    bodies.append(b"".join([c async for c in answer.chunks()]))
+                    await answer.aclose()
+                with pytest.raises(UpstreamUnavailable, match=r"connector up: .*cloud metadata"):
+                    await upstreams._get(connector, f"{base}/inside", auth)
+                return bodies
+
+    bodies = with_upstreams_of(work, credentials={"UP_TOKEN": "s3cret"})
+    assert bodies == [b"there", b"there"]
+    token = "Bearer s3cret"
+    assert seen == [
+        ("/moved", token),  # direct: a redirect, not followed
+        ("/moved", token),  # again through httpx
+        ("/there", None),  # another origin: no credentials
+        ("/moved", token),  # the connector's next request: through httpx at once
+        ("/there", None),
+        ("/inside", token),  # its redirect to the metadata address is refused by the hook
+    ]
+
+
+def test_a_proxy_in_the_environment_sends_every_request_through_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    monkeypatch.setenv("NO_PROXY", "*")  # no proxy named: NO_PROXY alone changes nothing
+
+    def direct(**options: Any) -> bool:
+        client = UpstreamClient(transport=transport_for(True, 8), **options)
+        return client.direct is not None
+
+    assert direct()
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    assert not direct()
+    assert direct(trust_env=False)
+    assert not direct(trust_env=False, proxy="http://127.0.0.1:9")
+    assert not UpstreamClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))).direct
+
+
+@pytest.mark.parametrize(
+    ("mode", "raised", "message"),
+    [
+        (Mode.DROP, UpstreamUnavailable, r"connector up is unreachable \(RemoteProtocolError\)"),
+        (Mode.SLOW, UpstreamTimeout, "connector up timed out"),
+        (Mode.ERROR, UpstreamUnavailable, "connector up answered HTTP 500"),
+    ],
+)
+def test_a_failing_upstream_on_the_direct_path_is_the_connectors_error(
+    upstream: ScriptedUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: Mode,
+    raised: type[Exception],
+    message: str,
+) -> None:
+    without_httpx(monkeypatch)
+    upstream.packages.add("failing", "1.0.0")
+    upstream.set(mode, delay=3)
+    connector = connector_for(upstream.url)
+
+    async def work(upstreams: Upstreams) -> None:
+        with pytest.raises(raised, match=message):
+            await upstreams._request(connector, "failing", None, abbreviated=False)
+
+    with_upstreams_of(work, timeout=0.5)
+    assert len(upstream.packument_requests("failing")) == 1  # not sent again
+
+
+def test_a_refused_connection_or_a_cut_body_on_the_direct_path_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_httpx(monkeypatch)
+
+    def cut(head: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b'{"name":'
+
+    async def work(upstreams: Upstreams) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))  # bound, not listening: refused
+            closed = connector_for(f"http://127.0.0.1:{sock.getsockname()[1]}")
+            with pytest.raises(UpstreamUnavailable, match=r"unreachable \(ConnectError\)"):
+                await upstreams._request(closed, "x", None, abbreviated=False)
+        async with await serve(cut) as server:
+            connector = connector_for(f"http://127.0.0.1:{port_of(server)}")
+            with pytest.raises(UpstreamUnavailable, match=r"unreachable \(RemoteProtocolError\)"):
+                await upstreams._request(connector, "x", None, abbreviated=False)
+
+    with_upstreams_of(work)
+
+
+def test_the_direct_path_checks_the_guard_and_connects_only_to_checked_addresses(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without_httpx(monkeypatch)
+    monkeypatch.setenv("NO_PROXY", "*")
+    upstream.packages.add("named", "1.0.0")
+    resolver = Rebinding()
+    monkeypatch.setattr(netguard, "resolve", resolver)
+    base = upstream.url.replace("127.0.0.1", "registry.example.test")
+    connector = connector_for(base)
+
+    async def work(upstreams: Upstreams) -> list[UpstreamDoc]:
+        docs = [(await upstreams._request(connector, "named", None, False))[0] for _ in range(3)]
+        upstreams.resolutions.forget()
+        with pytest.raises(UpstreamUnavailable, match=r"connector up: .*cloud metadata"):
+            await upstreams._request(connector, "named", None, False)
+        return docs
+
+    docs = with_upstreams_of(work)
+    assert [d.body for d in docs] == [upstream.packages.packument("named")] * 3
+    assert len(upstream.packument_requests("named")) == 3
+    assert resolver.calls == 2
