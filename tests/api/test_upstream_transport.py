@@ -219,11 +219,13 @@ def connector_for(url: str, *, allow_internal: bool = False) -> Connector:
     )
 
 
-def with_upstreams(work: Callable[[Upstreams], Awaitable[T]]) -> T:
+def with_upstreams(
+    work: Callable[[Upstreams], Awaitable[T]], timeout: float = 5.0, **options: Any
+) -> T:
     """``work`` with the connectors' own client (their transport, guard and resolver)."""
 
     async def run() -> T:
-        upstreams = Upstreams(cast(Any, None), cast(Any, None), timeout=5.0)
+        upstreams = Upstreams(cast(Any, None), cast(Any, None), timeout=timeout, **options)
         try:
             return await work(upstreams)
         finally:
@@ -248,17 +250,25 @@ class Rebinding:
         return [ipaddress.ip_address(address)]
 
 
-def test_a_host_name_is_resolved_once_for_the_guard_and_the_connection(
+def rebinding(
     upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The pool connects to the very addresses the guard checked: a name that resolves
-    elsewhere on a second lookup (DNS rebinding) gets no connection there."""
+) -> tuple[Rebinding, str, Connector]:
+    """The scripted upstream (with package ``named``) under a host name that rebinds: its
+    resolver, its URL and a connector to it."""
     monkeypatch.setenv("NO_PROXY", "*")
     upstream.packages.add("named", "1.0.0")
     resolver = Rebinding()
     monkeypatch.setattr(netguard, "resolve", resolver)
     base = upstream.url.replace("127.0.0.1", "registry.example.test")
-    connector = connector_for(base)
+    return resolver, base, connector_for(base)
+
+
+def test_a_host_name_is_resolved_once_for_the_guard_and_the_connection(
+    upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool connects to the very addresses the guard checked: a name that resolves
+    elsewhere on a second lookup (DNS rebinding) gets no connection there."""
+    resolver, base, connector = rebinding(upstream, monkeypatch)
 
     async def work(upstreams: Upstreams) -> list[httpx.Response]:
         answers = []
@@ -288,11 +298,7 @@ def test_a_new_connection_is_refused_where_the_name_now_resolves_inside(
 ) -> None:
     """The guard's check passed from a kept answer, the connection is opened after the
     answer expired: the pool's resolver checks the new one and opens nothing."""
-    monkeypatch.setenv("NO_PROXY", "*")
-    upstream.packages.add("named", "1.0.0")
-    monkeypatch.setattr(netguard, "resolve", Rebinding())
-    base = upstream.url.replace("127.0.0.1", "registry.example.test")
-    connector = connector_for(base)
+    _, base, connector = rebinding(upstream, monkeypatch)
 
     async def work(upstreams: Upstreams) -> None:
         await upstreams.resolutions.check(base, Guard("up", False, frozenset()))
@@ -346,19 +352,6 @@ def without_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(UpstreamClient, "send", refuse)
 
 
-def with_upstreams_of(
-    work: Callable[[Upstreams], Awaitable[T]], timeout: float = 5.0, **options: Any
-) -> T:
-    async def run() -> T:
-        upstreams = Upstreams(cast(Any, None), cast(Any, None), timeout=timeout, **options)
-        try:
-            return await work(upstreams)
-        finally:
-            await upstreams.close()
-
-    return asyncio.run(run())
-
-
 def test_packuments_and_tarballs_go_past_httpx_with_the_same_headers(
     upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,7 +373,7 @@ def test_packuments_and_tarballs_go_past_httpx_with_the_same_headers(
             await answer.aclose()
         return full, again, body
 
-    full, again, body = with_upstreams_of(work)
+    full, again, body = with_upstreams(work)
     assert full.status == 200 and full.body == upstream.packages.packument("direct")
     assert full.etag == upstream.packages.etag(full.body)
     assert again.status == 200 and again.body == full.body  # a 304 keeps the cached copy
@@ -399,7 +392,7 @@ def test_the_httpx_client_sends_the_same_default_headers(upstream: ScriptedUpstr
     async def work(upstreams: Upstreams) -> None:
         await upstreams.client.get(f"{upstream.url}/-/ping")
 
-    with_upstreams_of(work)
+    with_upstreams(work)
     (ping,) = upstream.requests
     assert ping.headers["accept-encoding"] == "gzip, deflate"
     assert ping.headers["accept"] == "*/*"
@@ -439,7 +432,7 @@ def test_a_gzip_packument_is_decoded_on_the_direct_path(monkeypatch: pytest.Monk
             doc, _ = await upstreams._request(connector, "zipped", None, abbreviated=False)
             return doc
 
-    assert with_upstreams_of(work).body == body
+    assert with_upstreams(work).body == body
 
 
 def test_a_redirecting_connector_is_followed_through_httpx_without_its_credentials_elsewhere(
@@ -488,7 +481,7 @@ def test_a_redirecting_connector_is_followed_through_httpx_without_its_credentia
                     await upstreams._get(connector, f"{base}/inside", auth)
                 return bodies
 
-    bodies = with_upstreams_of(work, credentials={"UP_TOKEN": "s3cret"})
+    bodies = with_upstreams(work, credentials={"UP_TOKEN": "s3cret"})
     assert bodies == [b"there", b"there"]
     token = "Bearer s3cret"
     assert seen == [
@@ -545,7 +538,7 @@ def test_a_failing_upstream_on_the_direct_path_is_the_connectors_error(
         with pytest.raises(raised, match=message):
             await upstreams._request(connector, "failing", None, abbreviated=False)
 
-    with_upstreams_of(work, timeout=0.5)
+    with_upstreams(work, timeout=0.5)
     assert len(upstream.packument_requests("failing")) == 1  # not sent again
 
 
@@ -568,19 +561,14 @@ def test_a_refused_connection_or_a_cut_body_on_the_direct_path_is_unreachable(
             with pytest.raises(UpstreamUnavailable, match=r"unreachable \(RemoteProtocolError\)"):
                 await upstreams._request(connector, "x", None, abbreviated=False)
 
-    with_upstreams_of(work)
+    with_upstreams(work)
 
 
 def test_the_direct_path_checks_the_guard_and_connects_only_to_checked_addresses(
     upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     without_httpx(monkeypatch)
-    monkeypatch.setenv("NO_PROXY", "*")
-    upstream.packages.add("named", "1.0.0")
-    resolver = Rebinding()
-    monkeypatch.setattr(netguard, "resolve", resolver)
-    base = upstream.url.replace("127.0.0.1", "registry.example.test")
-    connector = connector_for(base)
+    resolver, _, connector = rebinding(upstream, monkeypatch)
 
     async def work(upstreams: Upstreams) -> list[UpstreamDoc]:
         docs = [(await upstreams._request(connector, "named", None, False))[0] for _ in range(3)]
@@ -589,7 +577,7 @@ def test_the_direct_path_checks_the_guard_and_connects_only_to_checked_addresses
             await upstreams._request(connector, "named", None, False)
         return docs
 
-    docs = with_upstreams_of(work)
+    docs = with_upstreams(work)
     assert [d.body for d in docs] == [upstream.packages.packument("named")] * 3
     assert len(upstream.packument_requests("named")) == 3
     assert resolver.calls == 2
