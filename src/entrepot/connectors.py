@@ -42,6 +42,7 @@ from entrepot.upstream_http import (
     Answer,
     HttpxAnswer,
     proxied,
+    tls_context,
     transport_for,
 )
 
@@ -243,7 +244,8 @@ class Upstreams:
             hooks = client.event_hooks
             client.event_hooks = {**hooks, "request": [*hooks["request"], self._guard_hop]}
         self._client = client
-        self._client_options: dict[str, Any] = {"timeout": timeout, "verify": verify}
+        #: The CA bundle's path, if any, or whether to verify.
+        self._verify = verify
         #: Upstream host names' addresses, for the SSRF guard and the connection pool.
         self.resolutions = Resolutions()
         self._credentials = dict(credentials or {})
@@ -288,6 +290,7 @@ class Upstreams:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            tls = tls_context(self._verify)
             self._client = UpstreamClient(
                 trust_env=True,  # HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE
                 follow_redirects=True,
@@ -295,10 +298,9 @@ class Upstreams:
                 event_hooks={"request": [self._guard_hop]},
                 # The limits hold for proxied requests, which go through httpx's own pool.
                 limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32),
-                transport=transport_for(
-                    self._client_options["verify"], MAX_CONNECTIONS, self.resolutions
-                ),
-                **self._client_options,
+                transport=transport_for(tls, MAX_CONNECTIONS, self.resolutions),
+                timeout=self._timeout,
+                verify=tls,
             )
         return self._client
 

@@ -7,6 +7,7 @@ config file is caught at start-up instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,6 +129,8 @@ def load_settings(
             values[key] = _coerce(key, value, from_text=False)
         if "data_dir" in values and not values["data_dir"].is_absolute():
             values["data_dir"] = config_file.parent / values["data_dir"]
+        if "ca_bundle" in values and not Path(values["ca_bundle"]).is_absolute():
+            values["ca_bundle"] = str(config_file.parent / values["ca_bundle"])
     for env_key, value in environ.items():
         if not env_key.startswith("ENTREPOT_") or env_key == "ENTREPOT_CONFIG":
             continue
@@ -146,4 +149,19 @@ def load_settings(
         ("http://", "https://")
     ):
         raise SettingsError("public_url: must start with http:// or https://")
+    if settings.ca_bundle is not None:
+        _check_ca_bundle(settings.ca_bundle)
     return settings
+
+
+def _check_ca_bundle(path: str) -> None:
+    """Refuse a ``ca_bundle`` the connectors could not load: at start, not at the first
+    upstream request over TLS."""
+    if Path(path).is_dir():
+        return  # a folder of hashed certificates is read as each one is needed
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError:  # an OSError too: first
+        raise SettingsError(f"ca_bundle: {path} holds no PEM certificate") from None
+    except OSError as exc:
+        raise SettingsError(f"ca_bundle: cannot read {path}: {exc.strerror or exc}") from None

@@ -23,6 +23,7 @@ import contextlib
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Protocol
 
 import aiohttp
@@ -263,12 +264,29 @@ def _translate(
     return kind(f"{type(exc).__name__}: {exc}", request=request)
 
 
+def tls_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
+    """The connectors' TLS settings: the CAs httpx trusts by default (certifi's, or
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment) and, given a path (the
+    ``ca_bundle`` setting: a PEM file or a folder of them), the CAs there as well. ``False``
+    verifies nothing; a context is taken as it is."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if isinstance(verify, bool):
+        return httpx.create_ssl_context(verify=verify, trust_env=True)
+    context = httpx.create_ssl_context(verify=True, trust_env=True)
+    if Path(verify).is_dir():
+        context.load_verify_locations(capath=verify)
+    else:
+        context.load_verify_locations(cafile=verify)
+    return context
+
+
 def transport_for(
-    verify: str | bool, max_connections: int, resolutions: Resolutions | None = None
+    verify: ssl.SSLContext | str | bool,
+    max_connections: int,
+    resolutions: Resolutions | None = None,
 ) -> AiohttpTransport:
-    """The transport with the TLS settings httpx would use (certifi's CAs, or a bundle;
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` from the environment)."""
-    context = httpx.create_ssl_context(verify=verify, trust_env=True)
+    """The transport with the connectors' TLS settings (:func:`tls_context`)."""
     return AiohttpTransport(
-        verify=context, max_connections=max_connections, resolutions=resolutions
+        verify=tls_context(verify), max_connections=max_connections, resolutions=resolutions
     )

@@ -9,11 +9,14 @@ import dataclasses
 import gzip
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
+from tests.e2e.cluster import make_certificate
 from tests.e2e.upstream import Mode, ScriptedUpstream
 
 from entrepot import connectors, netguard
@@ -21,7 +24,7 @@ from entrepot.connectors import UpstreamClient, Upstreams
 from entrepot.errors import UpstreamTimeout, UpstreamUnavailable
 from entrepot.netguard import Guard, current_guard
 from entrepot.storage.base import Connector, UpstreamDoc
-from entrepot.upstream_http import transport_for
+from entrepot.upstream_http import tls_context, transport_for
 
 T = TypeVar("T")
 
@@ -399,8 +402,11 @@ def test_the_httpx_client_sends_the_same_default_headers(upstream: ScriptedUpstr
     assert ping.headers["user-agent"].startswith("entrepot/")
 
 
-async def serve(answer: Callable[[bytes], bytes]) -> asyncio.Server:
-    """A loopback server answering each request head with ``answer(head)``, then closing."""
+async def serve(
+    answer: Callable[[bytes], bytes], tls: ssl.SSLContext | None = None
+) -> asyncio.Server:
+    """A loopback server answering each request head with ``answer(head)``, then closing
+    (over TLS with ``tls``)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -408,7 +414,7 @@ async def serve(answer: Callable[[bytes], bytes]) -> asyncio.Server:
         await writer.drain()
         writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
+    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
 
 
 def port_of(server: asyncio.Server) -> int:
@@ -581,3 +587,53 @@ def test_the_direct_path_checks_the_guard_and_connects_only_to_checked_addresses
     assert [d.body for d in docs] == [upstream.packages.packument("named")] * 3
     assert len(upstream.packument_requests("named")) == 3
     assert resolver.calls == 2
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_an_https_upstream_is_verified_on_the_direct_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct path uses the pool's TLS settings: a certificate the configured bundle
+    (``ca_bundle``) signs is trusted; without the bundle, the same upstream is refused."""
+    without_httpx(monkeypatch)
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    cert, key = make_certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    body = b'{"name":"secure","versions":{}}'
+
+    def answer(head: bytes) -> bytes:
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+
+    async def fetch(upstreams: Upstreams) -> UpstreamDoc:
+        async with await serve(answer, tls) as server:
+            connector = connector_for(f"https://127.0.0.1:{port_of(server)}")
+            doc, _ = await upstreams._request(connector, "secure", None, abbreviated=False)
+            return doc
+
+    assert with_upstreams(fetch, verify=str(cert)).body == body
+
+    async def refused(upstreams: Upstreams) -> None:
+        with pytest.raises(UpstreamUnavailable, match=r"unreachable \(ConnectError\)"):
+            await fetch(upstreams)
+
+    with_upstreams(refused)
+
+
+def test_a_ca_bundle_adds_to_the_default_authorities(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A corporate CA for one connector must not cost the others the public ones."""
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    cert, _ = make_certificate(tmp_path)
+    default = tls_context(True).get_ca_certs()
+    with_bundle = tls_context(str(cert)).get_ca_certs()
+    assert len(default) > 10
+    assert len(with_bundle) == len(default) + 1
+    assert all(ca in with_bundle for ca in default)
+    assert tls_context(False).verify_mode == ssl.CERT_NONE

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import secrets
 import shlex
@@ -36,11 +35,12 @@ from tests.e2e.cluster import (
     entrepot,
     environment,
     launch,
+    make_certificate,
     postgres_database,
     request,
     s3_server,
     stop,
-    unavailable,
+    tool,
     wait_listening,
 )
 from tests.e2e.conftest import ENTREPOT, HttpResult, Npm, PackageFactory, Server
@@ -68,15 +68,6 @@ def exec_start(unit: str) -> list[str]:
     return shlex.split(line.removeprefix("ExecStart="))
 
 
-def tool(name: str) -> str:
-    found = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
-    )
-    if found is None:
-        unavailable(f"{name} is not installed (apt-get install {name})")
-    return found
-
-
 @dataclass
 class Deployment:
     root: Path
@@ -101,35 +92,6 @@ class Deployment:
             lines.append(f"{registry.removeprefix('https:')}:_authToken={token}")
         client.userconfig.write_text("\n".join(lines) + "\n")
         return client
-
-
-def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (what Let's Encrypt would provide)."""
-    cert, key = folder / "fullchain.pem", folder / "privkey.pem"
-    subprocess.run(
-        [
-            tool("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
 
 
 def nginx_main_config(root: Path, site: Path) -> Path:

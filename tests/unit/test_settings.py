@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.e2e.cluster import make_certificate
 
 from entrepot.settings import Settings, SettingsError, load_settings
 
@@ -203,3 +204,35 @@ def test_public_url_must_be_http(url: str) -> None:
 def test_workers_must_be_at_least_one() -> None:
     with pytest.raises(SettingsError, match="workers"):
         load_settings(environ={"ENTREPOT_WORKERS": "0"})
+
+
+def test_a_ca_bundle_in_the_config_file_is_relative_to_it_and_checked_at_load(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "etc" / "entrepot"
+    cert, _ = make_certificate(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "corporate.pem").write_bytes(cert.read_bytes())
+    config = write_config(folder, 'ca_bundle = "corporate.pem"\n')
+    assert load_settings(config).ca_bundle == str(folder / "corporate.pem")
+    assert load_settings(overrides={"ca_bundle": str(tmp_path)}).ca_bundle == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"ca_bundle: cannot read .*missing\.pem: No such file or directory"),
+        (b"not a certificate\n", r"ca_bundle: .*bundle\.pem holds no PEM certificate"),
+        (b"", r"ca_bundle: .*bundle\.pem holds no PEM certificate"),
+    ],
+)
+def test_a_ca_bundle_the_connectors_could_not_load_is_refused_at_start(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / ("missing.pem" if content is None else "bundle.pem")
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SettingsError, match=message):
+        load_settings(overrides={"ca_bundle": str(path)})
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ={"ENTREPOT_CA_BUNDLE": str(path)})
