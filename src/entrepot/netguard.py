@@ -150,12 +150,17 @@ class Resolutions:
 
     async def check(self, url: str, guard: Guard) -> None:
         """Refuse (:class:`UpstreamUnavailable`) a request to ``url`` under ``guard``."""
-        if guard.allow_internal:
-            return
-        host, port = _host_port(url)
-        reason = refusal(await self.addresses(host, port), port, guard.own_ports)
+        if not guard.allow_internal:
+            await self.checked(*_host_port(url), guard)
+
+    async def checked(self, host: str, port: int, guard: Guard) -> list[Address]:
+        """The host's addresses, once ``guard`` allows every one of them (else
+        :class:`UpstreamUnavailable`); empty if the name does not resolve."""
+        addresses = await self.addresses(host, port)
+        reason = refusal(addresses, port, guard.own_ports)
         if reason is not None:
             raise guard.refuse(reason)
+        return addresses
 
 
 def _is_address(host: str) -> bool:
@@ -183,12 +188,9 @@ class GuardedResolver(AbstractResolver):
             if self._plain is None:
                 self._plain = ThreadedResolver()
             return await self._plain.resolve(host, port, family)
-        addresses = await self._resolutions.addresses(host, port)
+        addresses = await self._resolutions.checked(host, port, guard)
         if not addresses:
             raise OSError(f"cannot resolve {host[:253]}")
-        reason = refusal(addresses, port, guard.own_ports)
-        if reason is not None:
-            raise guard.refuse(reason)
         results: list[ResolveResult] = []
         for address in addresses:
             kind = socket.AF_INET6 if address.version == 6 else socket.AF_INET

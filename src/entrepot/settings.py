@@ -154,13 +154,20 @@ def load_settings(
     return settings
 
 
+def load_ca_bundle(context: ssl.SSLContext, path: str) -> None:
+    """Add the CAs of a ``ca_bundle`` to ``context``: a PEM file, or a folder of hashed
+    certificates (read as each one is needed)."""
+    if Path(path).is_dir():
+        context.load_verify_locations(capath=path)
+    else:
+        context.load_verify_locations(cafile=path)
+
+
 def _check_ca_bundle(path: str) -> None:
     """Refuse a ``ca_bundle`` the connectors could not load: at start, not at the first
     upstream request over TLS."""
-    if Path(path).is_dir():
-        return  # a folder of hashed certificates is read as each one is needed
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        load_ca_bundle(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), path)
     except ssl.SSLError:  # an OSError too: first
         raise SettingsError(f"ca_bundle: {path} holds no PEM certificate") from None
     except OSError as exc:

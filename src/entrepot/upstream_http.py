@@ -23,7 +23,6 @@ import contextlib
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
-from pathlib import Path
 from typing import Protocol
 
 import aiohttp
@@ -32,6 +31,7 @@ from multidict import CIMultiDict
 
 from entrepot import __version__
 from entrepot.netguard import GuardedResolver, Resolutions
+from entrepot.settings import load_ca_bundle
 
 #: How much of a body is handed on at a time.
 CHUNK = 64 * 1024
@@ -90,10 +90,8 @@ class DirectAnswer:
     def header(self, name: str) -> str | None:
         return self._response.headers.get(name)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        with _as_httpx(None, connecting=False):
-            async for chunk in self._response.content.iter_chunked(CHUNK):
-                yield chunk
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _chunks(self._response, None)
 
     async def aclose(self) -> None:
         self._response.release()
@@ -128,7 +126,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive = keepalive
         self._resolutions = resolutions or Resolutions()
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -188,12 +185,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         would; the body decoded from its ``Content-Encoding``. A redirect is answered as
         it is. The caller must have set the request's SSRF guard (``current_guard``): the
         pool's resolver reads it should the request need a new connection."""
-        limits = self._timeouts.get(timeout)
-        if limits is None:
-            limits = aiohttp.ClientTimeout(
-                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
-            )
-            self._timeouts[timeout] = limits
+        limits = aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
+        )
         sent: CIMultiDict[str] = CIMultiDict(DEFAULT_HEADERS)
         sent.update(headers)
         with _as_httpx(None, connecting=True):
@@ -218,13 +212,20 @@ class _Body(httpx.AsyncByteStream):
         self._response = response
         self._request = request
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx(self._request, connecting=False):
-            async for chunk in self._response.content.iter_chunked(CHUNK):
-                yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _chunks(self._response, self._request)
 
     async def aclose(self) -> None:
         self._response.release()
+
+
+async def _chunks(
+    response: aiohttp.ClientResponse, request: httpx.Request | None
+) -> AsyncIterator[bytes]:
+    """The body, :data:`CHUNK` bytes at a time, its failures as httpx's exceptions."""
+    with _as_httpx(request, connecting=False):
+        async for chunk in response.content.iter_chunked(CHUNK):
+            yield chunk
 
 
 @contextlib.contextmanager
@@ -274,10 +275,7 @@ def tls_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext:
     if isinstance(verify, bool):
         return httpx.create_ssl_context(verify=verify, trust_env=True)
     context = httpx.create_ssl_context(verify=True, trust_env=True)
-    if Path(verify).is_dir():
-        context.load_verify_locations(capath=verify)
-    else:
-        context.load_verify_locations(cafile=verify)
+    load_ca_bundle(context, verify)
     return context
 
 
